@@ -1,0 +1,50 @@
+"""Image and mask transforms: resize, optional center crop, ImageNet normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def output_size(image_size: int, crop_size: int | None) -> tuple[int, int]:
+    """(H, W) of images and masks after :func:`transform_image`."""
+    side = crop_size if crop_size else image_size
+    return (side, side)
+
+
+def transform_image(img: Image.Image, image_size: int, crop_size: int | None) -> torch.Tensor:
+    """PIL image (any mode) -> normalised float tensor [3, H, W]."""
+    img = img.convert("RGB")  # grayscale and RGBA inputs become 3-channel
+    img = TF.resize(img, [image_size, image_size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    if crop_size:
+        img = TF.center_crop(img, [crop_size, crop_size])
+    x = TF.to_tensor(img)  # [3, H, W] in [0, 1]
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def transform_mask(mask: Image.Image, image_size: int, crop_size: int | None) -> torch.Tensor:
+    """PIL mask -> binary uint8 tensor [H, W] (nearest resize, threshold at half range)."""
+    mask = mask.convert("L")
+    mask = TF.resize(mask, [image_size, image_size], interpolation=TF.InterpolationMode.NEAREST)
+    if crop_size:
+        mask = TF.center_crop(mask, [crop_size, crop_size])
+    return torch.from_numpy((np.asarray(mask) > 127).astype(np.uint8))
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """Undo ImageNet normalisation: [B, 3, H, W] or [3, H, W] -> values in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Apply ImageNet normalisation to [.., 3, H, W] values in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(-1, 1, 1)
+    return (x - mean) / std

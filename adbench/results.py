@@ -1,0 +1,162 @@
+"""Run records: atomic JSON files under ``<results_dir>/runs``, and tables built from them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# keys that do not change what a run computes, left out of its identity hash
+VOLATILE_KEYS = ("results_dir", "progress", "resume", "save_model", "save_maps", "device")
+METRIC_ORDER = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """Stable 12-hex-digit hash of a resolved config (sorted JSON, volatile keys removed)."""
+    core = {k: v for k, v in cfg.items() if k not in VOLATILE_KEYS}
+    blob = json.dumps(core, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def run_path(results_dir: str | Path, cfg: dict[str, Any]) -> Path:
+    """Where the record of a run with this resolved config lives."""
+    return (Path(results_dir) / "runs" / str(cfg["method"]["name"]) / str(cfg["dataset"]["name"])
+            / str(cfg["category"]) / f"seed{cfg['seed']}-{config_hash(cfg)}.json")
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that decide the numbers."""
+    out = {"python": platform.python_version()}
+    for name in ("adbench", "torch", "torchvision", "timm", "faiss-cpu", "faiss-gpu", "numpy", "scipy",
+                 "scikit-learn", "loralib", "hydra-core", "omegaconf", "pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    """Commit of the adbench checkout (``+dirty`` when it has local changes), None outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def clean_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None], list[str]]:
+    """Replace non-finite metrics by None (JSON null) and name them."""
+    out, bad = {}, []
+    for k, v in metrics.items():
+        if v is None or not math.isfinite(float(v)):
+            out[k] = None
+            bad.append(k)
+        else:
+            out[k] = float(v)
+    return out, bad
+
+
+def load_runs(results_dir: str | Path) -> pd.DataFrame:
+    """One row per successful run record: method, dataset, category, seed, preset, metrics, times."""
+    rows = []
+    for p in sorted(Path(results_dir).glob("runs/**/*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rec.get("status", "ok") != "ok":
+            continue
+        cfg = rec.get("config", {})
+        row = {"method": cfg.get("method", {}).get("name"), "dataset": cfg.get("dataset", {}).get("name"),
+               "category": cfg.get("category"), "seed": cfg.get("seed"),
+               "preset": (cfg.get("preset") or {}).get("name"), "path": str(p)}
+        row.update(rec.get("metrics", {}))
+        for k in ("fit_s", "predict_s", "evaluate_s", "peak_rss_mb"):
+            row[k] = rec.get(k)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_table(results_dir: str | Path, name: str = "summary", metrics: tuple[str, ...] = METRIC_ORDER) -> pd.DataFrame:
+    """Aggregate runs into ``<results_dir>/<name>.csv`` and ``.md``: category rows, a mean row, per method."""
+    df = load_runs(results_dir)
+    if df.empty:
+        raise FileNotFoundError(f"no run records under {Path(results_dir) / 'runs'}")
+    cols = [m for m in metrics if m in df.columns]
+    g = df.groupby(["method", "dataset", "category"], dropna=False)[cols].mean()  # mean over seeds
+    table = g.reset_index()
+    parts = []
+    for (method, dataset), sub in table.groupby(["method", "dataset"], dropna=False):
+        sub = sub.sort_values("category")
+        mean = {"method": method, "dataset": dataset, "category": "mean", **sub[cols].mean().to_dict()}
+        parts.append(pd.concat([sub, pd.DataFrame([mean])], ignore_index=True))
+    out = pd.concat(parts, ignore_index=True)
+    results_dir = Path(results_dir)
+    out.to_csv(results_dir / f"{name}.csv", index=False, float_format="%.4f")
+    (results_dir / f"{name}.md").write_text(to_markdown(out) + "\n")
+    return out
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency); NaN shown as an en dash."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "–" if math.isnan(v) else floatfmt.format(v)
+        return "–" if v is None else str(v)
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, sep, *body])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m adbench.results",
+                                 description="Aggregate run records into <results-dir>/<name>.csv and .md")
+    ap.add_argument("--results-dir", default="results", help="folder holding runs/ (default: results)")
+    ap.add_argument("--name", default="summary", help="table file name without extension (default: summary)")
+    args = ap.parse_args(argv)
+    try:
+        table = build_table(args.results_dir, args.name)
+    except FileNotFoundError as err:
+        print(f"error: {err}")
+        return 2
+    print(to_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""PatchCore adapter: fit a coreset memory bank of patch features, score test patches by kNN distance."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from scipy import ndimage
+from torch.utils.data import DataLoader
+
+from adbench.api import Prediction, RunContext
+from adbench.backbones import FeatureExtractor, build_backbone, default_layers
+from adbench.data.errors import ConfigError
+from adbench.registry import register_method
+from adbench.utils import progress, torch_load
+
+from .coreset import greedy_coreset
+from .model import PatchFeatures
+
+CHECKPOINT_VERSION = 1
+
+
+def _use_gpu_faiss(device: torch.device) -> bool:
+    return device.type == "cuda" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@register_method("patchcore")
+class PatchCore:
+    """PatchCore (Roth et al., CVPR 2022): locally aware patch features, greedy coreset, nearest-neighbour scores."""
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        ratio = float(cfg.coreset.ratio)
+        if not 0 < ratio <= 1:
+            raise ConfigError(f"method.coreset.ratio={ratio} must be in (0, 1]")
+        bb = cfg.backbone
+        self.layers = list(bb.layers) if bb.get("layers") else default_layers(bb.name)
+        self.backbone = build_backbone(bb.name, bb.weights)
+        self.model = self._make_model()
+        self.index: faiss.Index | None = None
+        self.bank: torch.Tensor | None = None  # the coreset, [M, D] on CPU
+        self.grid: tuple[int, int] | None = None
+        self.timings: dict[str, float] = {}
+
+    def _make_model(self) -> PatchFeatures:
+        ext = FeatureExtractor(self.backbone, self.layers)
+        model = PatchFeatures(ext, int(self.cfg.layer_dim), int(self.cfg.embed_dim), int(self.cfg.patch_size))
+        model = model.to(self.device).eval()
+        if self.cfg.get("channels_last", True):
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    @torch.inference_mode()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> patch embeddings [B, h*w, D] (float32, on the model's device)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg.get("channels_last", True):
+            x = x.contiguous(memory_format=torch.channels_last)
+        use_amp = self.device.type == "cuda" and self.cfg.get("amp", True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
+            emb, grid = self.model(x)
+        self.grid = grid
+        return emb.float()
+
+    def fit(self, train_loader: DataLoader) -> None:
+        """Extract patch features of all normal images into a preallocated bank, subsample, index."""
+        t0 = time.perf_counter()
+        n_images = len(train_loader.dataset)
+        bank: torch.Tensor | None = None
+        row = 0
+        for batch in progress(train_loader, "patchcore: features", self.ctx.progress, unit="batch"):
+            emb = self.embed(batch["image"])  # [B, h*w, D]
+            b, p, d = emb.shape
+            if bank is None:
+                bank = torch.empty(n_images * p, d, dtype=torch.float32, device=self.device)
+            bank[row : row + b * p] = emb.reshape(b * p, d)
+            row += b * p
+        if bank is None:
+            raise ValueError("empty training loader")
+        bank = bank[:row]
+        t1 = time.perf_counter()
+        n_select = max(1, int(round(row * float(self.cfg.coreset.ratio))))
+        proj = self.cfg.coreset.get("projection_dim")
+        idx = greedy_coreset(bank, n_select, projection_dim=None if (self.cfg.coreset.get("exact") or not proj) else int(proj),
+                             start_points=int(self.cfg.coreset.start_points), seed=self.ctx.seed,
+                             show_progress=self.ctx.progress)
+        self.bank = bank[idx].cpu().contiguous()
+        del bank
+        t2 = time.perf_counter()
+        self._build_index()
+        t3 = time.perf_counter()
+        self.timings.update(extract_s=t1 - t0, coreset_s=t2 - t1, index_s=t3 - t2)
+
+    def _build_index(self) -> None:
+        assert self.bank is not None
+        index = faiss.IndexFlatL2(self.bank.shape[1])
+        if _use_gpu_faiss(self.device):
+            self._gpu_res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, index)
+        index.add(self.bank.numpy())
+        self.index = index
+
+    def _search(self, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.index is not None
+        q = np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32)
+        d2, ids = self.index.search(q, k)
+        return np.sqrt(np.maximum(d2, 0)), ids
+
+    def _reweight(self, emb: torch.Tensor, patch_scores: np.ndarray, nn_ids: np.ndarray) -> np.ndarray:
+        """Paper eq. 7: scale the max patch score by how isolated its nearest memory patch is."""
+        b_nn = int(self.cfg.reweight_neighbours)
+        out = np.empty(len(patch_scores), dtype=np.float32)
+        assert self.bank is not None
+        for i in range(len(patch_scores)):
+            j = int(np.argmax(patch_scores[i]))
+            m_star = int(nn_ids[i, j, 0])
+            _, neigh = self._search(self.bank[m_star : m_star + 1], b_nn)  # N_b(m*), includes m* itself
+            d = torch.cdist(emb[i, j][None].cpu(), self.bank[neigh[0]])[0]  # [b]
+            w = 1.0 - torch.softmax(d.double(), 0)[0].item()
+            out[i] = w * patch_scores[i, j]
+        return out
+
+    def predict(self, test_loader: DataLoader) -> Prediction:
+        """Image scores [N] (max patch score) and blurred, upsampled patch-score maps [N, H, W]."""
+        if self.index is None:
+            raise RuntimeError("PatchCore.predict called before fit or load")
+        k = int(self.cfg.num_nn)
+        sigma = float(self.cfg.blur_sigma)
+        scores, maps = [], []
+        t_search = t_post = 0.0
+        t0 = time.perf_counter()
+        for batch in progress(test_loader, "patchcore: predict", self.ctx.progress, unit="batch"):
+            x = batch["image"]
+            emb = self.embed(x)  # [B, h*w, D]
+            b, p, d = emb.shape
+            ts = time.perf_counter()
+            dist, ids = self._search(emb.reshape(b * p, d), k)  # [B*h*w, k]
+            patch = dist.mean(axis=1).reshape(b, p)  # [B, h*w]
+            t_search += time.perf_counter() - ts
+            tp = time.perf_counter()
+            if self.cfg.get("reweight", False):
+                scores.append(self._reweight(emb, patch, ids.reshape(b, p, k)))
+            else:
+                scores.append(patch.max(axis=1))
+            h, w = self.grid
+            up = F.interpolate(torch.from_numpy(patch).reshape(b, 1, h, w), size=tuple(x.shape[-2:]),
+                               mode="bilinear", align_corners=False)[:, 0].numpy()  # [B, H, W]
+            if sigma > 0:
+                up = np.stack([ndimage.gaussian_filter(m, sigma=sigma) for m in up])
+            maps.append(up.astype(np.float32))
+            t_post += time.perf_counter() - tp
+        total = time.perf_counter() - t0
+        self.timings.update(search_s=t_search, postprocess_s=t_post, predict_embed_s=total - t_search - t_post)
+        return Prediction(np.concatenate(scores), np.concatenate(maps))
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``patchcore.pt`` (config, backbone weights, memory bank) and ``index.faiss``."""
+        if self.bank is None:
+            raise RuntimeError("PatchCore.save called before fit")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "method": "patchcore", "version": CHECKPOINT_VERSION,
+            "config": json.dumps(OmegaConf.to_container(self.cfg, resolve=True)),
+            "layers": self.layers, "grid": list(self.grid or ()),
+            "backbone": self.backbone.state_dict(), "bank": self.bank,
+        }, out / "patchcore.pt")
+        index = self.index
+        if _use_gpu_faiss(self.device):
+            index = faiss.index_gpu_to_cpu(index)
+        faiss.write_index(index, str(out / "index.faiss"))
+
+    @classmethod
+    def load(cls, directory: str | Path, ctx: RunContext) -> "PatchCore":
+        """Restore a fitted model without refitting (no weights download: the backbone is in the file)."""
+        path = Path(directory) / "patchcore.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no PatchCore checkpoint at {path}")
+        state = torch_load(str(path))
+        if state.get("method") != "patchcore":
+            raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not 'patchcore'")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {CHECKPOINT_VERSION}")
+        cfg = OmegaConf.create(json.loads(state["config"]))
+        cfg.backbone.weights = "none"
+        self = cls(cfg, ctx)
+        self.backbone.load_state_dict(state["backbone"])
+        self.layers = list(state["layers"])
+        self.grid = tuple(state["grid"]) or None
+        self.bank = state["bank"].float().contiguous()
+        self.index = faiss.read_index(str(Path(directory) / "index.faiss"))
+        if _use_gpu_faiss(self.device):
+            self._gpu_res = faiss.StandardGpuResources()
+            self.index = faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, self.index)
+        return self
