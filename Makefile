@@ -2,7 +2,10 @@
 PY      ?= .venv/bin/python
 PIP     ?= .venv/bin/pip
 SHARED  ?= ../shared
+# use the shared weights cache beside the repo when there is one (and TORCH_HOME is not set)
+ifneq ($(wildcard $(SHARED)/torch_home),)
 export TORCH_HOME ?= $(abspath $(SHARED)/torch_home)
+endif
 PRESET  ?= paper
 DATA    ?= datasets/mvtec_ad
 RESULTS ?= results

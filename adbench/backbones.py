@@ -142,6 +142,7 @@ class FeatureExtractor(nn.Module):
             sample = [n for n in names if n and n.count(".") <= 1][:12]
             raise ConfigError(f"backbone has no layer(s) {bad}; method.backbone.layers must name modules such as {sample}")
         self._out: dict[str, torch.Tensor] = {}
+        self._active = False
         for layer in self.layers:
             names[layer].register_forward_hook(self._hook(layer))
         for p in self.backbone.parameters():
@@ -149,6 +150,8 @@ class FeatureExtractor(nn.Module):
 
     def _hook(self, layer: str):
         def fn(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+            if not self._active:  # the backbone used directly, outside this extractor
+                return
             self._out[layer] = out
             if len(self._out) == len(self.layers):
                 raise _Stop  # nothing deeper is needed
@@ -157,10 +160,13 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self._out = {}
+        self._active = True
         try:
             self.backbone(x)
         except _Stop:
             pass
+        finally:
+            self._active = False
         out = [self._out[layer] for layer in self.layers]
         self._out = {}
         return out

@@ -95,8 +95,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     if not m.any() or m.all():
         return float("nan")
     neg = a[~m]
-    neg.sort()
-    neg = neg[::-1]  # descending view, no copy
+    neg.sort()  # ascending
     pos = a[m]
     w = _component_weights(m)
     order = np.argsort(pos, kind="stable")
@@ -109,18 +108,21 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     n_full = int(np.floor(limit))
     frac = limit - n_full
     area = 0.0
-    # walking the normal pixels from the highest score down, FPR grows by 1/n_neg at each; PRO there is
-    # the weight of positives strictly above (before) and at-or-above (after) that score: trapezoid
-    for i in range(0, min(n_full + 1, n_neg), _CHUNK):
-        s = neg[i : min(i + _CHUNK, n_full + 1, n_neg)]
-        above = total_w - cum[np.searchsorted(pos, s, side="right")]
-        at_or_above = total_w - cum[np.searchsorted(pos, s, side="left")]
-        step = 0.5 * (above + at_or_above)
-        full = min(len(s), max(n_full - i, 0))
-        area += float(step[:full].sum())
-        if full < len(s):  # the step that crosses fpr_limit counts only partly
-            area += frac * float(step[full])
-    return area / n_neg / fpr_limit
+    # Walk the normal pixels from the highest score down; each moves FPR by 1/n_neg. A group of k tied normal
+    # pixels at score s spans one straight segment of the curve, from PRO(> s) to PRO(>= s), so the j-th of
+    # them covers the j-th k-th of that segment (this also places the fpr_limit crossing on the segment).
+    stop = min(n_full + 1, n_neg)
+    for i in range(0, stop, _CHUNK):
+        rank = np.arange(i, min(i + _CHUNK, stop))  # 0 = highest normal score
+        s = neg[n_neg - 1 - rank]
+        n_gt = n_neg - np.searchsorted(neg, s, side="right")  # normal pixels strictly above s
+        k = n_neg - np.searchsorted(neg, s, side="left") - n_gt  # tie group size
+        lo = total_w - cum[np.searchsorted(pos, s, side="right")]  # PRO(> s)
+        hi = total_w - cum[np.searchsorted(pos, s, side="left")]  # PRO(>= s)
+        j = rank - n_gt
+        width = np.where(rank < n_full, 1.0, frac)
+        area += float((width * (lo + (hi - lo) * (j + width / 2) / k)).sum())
+    return min(1.0, area / n_neg / fpr_limit)
 
 
 def per_defect_auroc(scores: np.ndarray, labels: np.ndarray, defect_types: Sequence[str]) -> dict[str, float]:

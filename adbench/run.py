@@ -103,6 +103,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics, bad = clean_metrics(metrics)
     if bad:
         log.warning("metrics without a value (one class only?): %s", ", ".join(bad))
+    # a method may offer other score maps of the same fitted model (e.g. a baseline), evaluated alike
+    extra_metrics = {}
+    for key, extra in (getattr(method, "extra_predictions", None) or {}).items():
+        extra_metrics[key] = clean_metrics(compute_metrics(extra.image_scores, extra.anomaly_maps, labels, masks,
+                                                           defect_types))[0]
 
     if cfg.get("save_model", False):
         method.save(work_dir)
@@ -115,6 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = {
         "status": "ok",
         "metrics": metrics,
+        "extra_metrics": extra_metrics,
         "config": resolved,
         "config_hash": config_hash(resolved),
         "fit_s": round(t1 - t0, 3),
@@ -134,6 +140,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record["path"] = str(out_path)
     title = f"{method_name} on {cfg.dataset.name}/{cfg.category} (seed {cfg.seed})"
     print(format_metrics(metrics, title))
+    for key, em in extra_metrics.items():
+        print(format_metrics({k: v for k, v in em.items() if not k.startswith("auroc_")}, f"  {key} (same model)"))
     print(f"fit {record['fit_s']:.1f}s  predict {record['predict_s']:.1f}s  evaluate {record['evaluate_s']:.1f}s  "
           f"peak RSS {record['peak_rss_mb']:.0f} MiB")
     print(f"result: {out_path}")

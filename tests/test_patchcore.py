@@ -1,0 +1,120 @@
+"""PatchCore: patch features as in the reference, greedy coreset, weights handling, real MVTec bottle."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adbench.backbones import FeatureExtractor, WeightsError, build_backbone
+from adbench.run import run
+from methods.patchcore.coreset import greedy_coreset
+from methods.patchcore.model import PatchFeatures
+
+from .conftest import compose_cfg
+
+
+class _TwoLayer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+        self.b = torch.nn.Conv2d(5, 7, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def reference_patch_features(feats, layer_dim, embed_dim):
+    """The official order: unfold 3x3, upsample the unfolded deeper patches, pool each layer, pool the stack."""
+    ref_h, ref_w = feats[0].shape[-2:]
+    per_layer = []
+    for f in feats:
+        b, c, h, w = f.shape
+        u = F.unfold(f, 3, padding=1).reshape(b, c, 3, 3, h, w)
+        if (h, w) != (ref_h, ref_w):
+            u = u.permute(0, 1, 2, 3, 4, 5).reshape(b, c * 9, h, w)
+            u = F.interpolate(u, size=(ref_h, ref_w), mode="bilinear", align_corners=False).reshape(b, c, 3, 3, ref_h, ref_w)
+        u = u.permute(0, 4, 5, 1, 2, 3).reshape(-1, c * 9)  # [B*h*w, C*9]
+        per_layer.append(F.adaptive_avg_pool1d(u[:, None], layer_dim)[:, 0])
+    stacked = torch.stack(per_layer, dim=1).reshape(len(per_layer[0]), 1, -1)
+    return F.adaptive_avg_pool1d(stacked, embed_dim)[:, 0]
+
+
+def test_patch_features_match_reference_order():
+    torch.manual_seed(0)
+    net = _TwoLayer()
+    model = PatchFeatures(FeatureExtractor(net, ["a", "b"]), layer_dim=16, embed_dim=12)
+    x = torch.randn(2, 3, 32, 32)
+    emb, grid = model(x)
+    assert grid == (16, 16) and emb.shape == (2, 256, 12)
+    ref = reference_patch_features([net.a(x), net.b(net.a(x))], 16, 12)
+    assert torch.allclose(emb.reshape(-1, 12), ref, atol=1e-5)
+
+
+def brute_force_greedy(x: torch.Tensor, n: int, start: list[int]) -> list[int]:
+    d = torch.cdist(x, x)
+    min_d = d[:, start].mean(1)
+    out = []
+    for _ in range(n):
+        i = int(torch.argmax(min_d))
+        out.append(i)
+        min_d = torch.minimum(min_d, d[:, i])
+    return out
+
+
+def test_exact_greedy_coreset_matches_brute_force():
+    torch.manual_seed(0)
+    x = torch.randn(500, 16, dtype=torch.float64).float()
+    idx = greedy_coreset(x, 40, projection_dim=None, start_points=10, seed=3, show_progress=False)
+    start = torch.randperm(500, generator=torch.Generator().manual_seed(3))[:10].tolist()
+    assert idx.tolist() == brute_force_greedy(x.double(), 40, start)
+    assert len(set(idx.tolist())) == 40
+
+
+def test_coreset_deterministic_and_covers():
+    torch.manual_seed(1)
+    x = torch.cat([torch.randn(300, 32), 40 * torch.eye(32)[:5]])  # 5 far outliers, far from each other
+    a = greedy_coreset(x, 30, projection_dim=8, seed=0, show_progress=False)
+    b = greedy_coreset(x, 30, projection_dim=8, seed=0, show_progress=False)
+    assert torch.equal(a, b)
+    assert set(range(300, 305)) <= set(a.tolist())  # farthest-point selection picks the outliers
+    assert torch.equal(greedy_coreset(x, 400, seed=0, show_progress=False), torch.arange(305))
+
+
+def test_backbone_weights_options(tmp_path):
+    m = build_backbone("mobilenet_v2", "none")
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": m.state_dict()}, path)
+    m2 = build_backbone("mobilenet_v2", str(path))
+    assert torch.equal(m.features[0][0].weight, m2.features[0][0].weight)
+    with pytest.raises(WeightsError, match="weights file not found"):
+        build_backbone("mobilenet_v2", str(tmp_path / "missing.pth"))
+    torch.save(build_backbone("resnet18", "none").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(WeightsError, match="does not fit the backbone"):
+        build_backbone("mobilenet_v2", str(tmp_path / "r18.pth"))
+
+
+def test_offline_imagenet_weights_error_says_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+
+    def no_network(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(WeightsError) as info:
+        build_backbone("wide_resnet50_2", "imagenet")
+    msg = str(info.value)
+    assert "wide_resnet50_2-95faca4d.pth" in msg and "method.backbone.weights=none" in msg and "TORCH_HOME" in msg
+
+
+def test_real_bottle_mobilenet_v2(mvtec_bottle, shared_torch_home, tmp_path):
+    """Real MVTec AD bottle, ImageNet MobileNetV2: image AUROC >= 0.99, pixel AUROC >= 0.96."""
+    cfg = compose_cfg(["method=patchcore", "category=bottle", f"dataset.root={mvtec_bottle}",
+                       "method.backbone.name=mobilenet_v2", f"results_dir={tmp_path}", "progress=false"])
+    m = run(cfg)["metrics"]
+    assert m["image_auroc"] >= 0.99, m
+    assert m["pixel_auroc"] >= 0.96, m
+    assert m["aupro"] >= 0.85, m
