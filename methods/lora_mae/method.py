@@ -1,0 +1,308 @@
+"""LoRA-MAE adapter: fine-tune an MAE on normal images, score by K deterministic masked reconstructions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from adbench.api import Prediction, RunContext
+from adbench.data.errors import ConfigError
+from adbench.registry import register_method
+from adbench.utils import progress, torch_load
+
+from .lora import apply_lora, set_trainable
+from .masks import interleaved_masks, visible_indices
+from .model import MaskedAutoencoderViT, count_parameters, random_keep, resolve_arch
+from .pretrained import is_none, load_pretrained
+
+log = logging.getLogger("adbench.lora_mae")
+
+CHECKPOINT_VERSION = 1
+MODEL_FILE = "lora_mae.pt"
+TRAIN_STATE_FILE = "lora_mae_train_state.pt"
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """Separable Gaussian smoothing of [B, H, W] maps with a (2*radius+1)-tap kernel, reflected borders."""
+    if sigma <= 0 or radius <= 0:
+        return maps
+    taps = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()  # [2r+1]
+    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")  # [B, 1, H+2r, W+2r]
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))  # rows
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))  # columns
+    return x[:, 0]
+
+
+def image_scores(maps: torch.Tensor, how: str, topk: int) -> torch.Tensor:
+    """Image scores [B] from maps [B, H, W]: the maximum, or the mean of the ``topk`` largest pixels."""
+    flat = maps.flatten(1)
+    if how == "max":
+        return flat.amax(dim=1)
+    if how == "topk_mean":
+        return flat.topk(min(max(1, topk), flat.shape[1]), dim=1).values.mean(dim=1)
+    raise ConfigError(f"method.inference.image_score={how!r} must be max or topk_mean")
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
+    """Linear warmup over ``warmup`` optimizer steps, then half-cycle cosine from ``base`` to ``minimum``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return minimum + (base - minimum) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+
+@register_method("lora_mae")
+class LoRAMAE:
+    """Masked autoencoder with LoRA adapters (MAE: He et al., 2021; LoRA: Hu et al., 2021) scored by
+    reconstruction error under K interleaved masks that together hide every patch once."""
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext, load_weights: bool = True) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self._check_config()
+        torch.manual_seed(ctx.seed)
+        arch = resolve_arch(str(cfg.arch), cfg.get("model"))
+        model = MaskedAutoencoderViT(arch, tuple(ctx.image_size), norm_pix_loss=bool(cfg.norm_pix_loss))
+        self.pretrained = not is_none(cfg.pretrained)
+        self.patch_embed_reinit = False
+        if self.pretrained and load_weights:
+            report = load_pretrained(model, str(cfg.pretrained))
+            self.patch_embed_reinit = report.patch_embed_reinit
+        # LoRA only makes sense on pretrained weights; pretrained=none trains every weight
+        self.use_lora = self.pretrained and int(cfg.lora.rank) > 0
+        if self.use_lora:
+            apply_lora(model.blocks, int(cfg.lora.rank), float(cfg.lora.alpha), float(cfg.lora.dropout),
+                       bool(cfg.lora.mlp))
+        freeze = self.pretrained and bool(cfg.freeze_non_lora)
+        train_pe = cfg.train_patch_embed
+        train_pe = self.patch_embed_reinit if str(train_pe) == "auto" else bool(train_pe)
+        set_trainable(model, freeze_non_lora=freeze, train_patch_embed=train_pe)
+        self.model = model.to(self.device)
+        self.trainable, self.total = count_parameters(model)
+        log.info("lora_mae %s on %dx%d input (%dx%d patches): %s trainable / %s parameters (%.2f%%)%s", cfg.arch,
+                 *ctx.image_size, *model.grid, f"{self.trainable:,}", f"{self.total:,}",
+                 100.0 * self.trainable / max(1, self.total),
+                 f", LoRA rank {int(cfg.lora.rank)}" if self.use_lora else ", no LoRA (full training)")
+        self.hidden = interleaved_masks(model.grid, int(cfg.inference.num_masks))  # [K, L], checked here
+        self.history: list[float] = []
+        self.fitted = False
+        self.timings: dict[str, float] = {}
+
+    def _check_config(self) -> None:
+        c = self.cfg
+        t = c.train
+        checks = [
+            (0.0 < float(t.mask_ratio) < 1.0, f"method.train.mask_ratio={t.mask_ratio} must be in (0, 1)"),
+            (int(t.epochs) >= 1, f"method.train.epochs={t.epochs} must be >= 1"),
+            (int(t.batch_size) >= 1, f"method.train.batch_size={t.batch_size} must be >= 1"),
+            (int(t.accum_steps) >= 1, f"method.train.accum_steps={t.accum_steps} must be >= 1"),
+            (float(t.blr) > 0, f"method.train.blr={t.blr} must be > 0"),
+            (int(t.warmup_epochs) >= 0, f"method.train.warmup_epochs={t.warmup_epochs} must be >= 0"),
+            (int(c.inference.num_masks) >= 2, f"method.inference.num_masks={c.inference.num_masks} must be >= 2"),
+            (str(c.inference.image_score) in ("max", "topk_mean"),
+             f"method.inference.image_score={c.inference.image_score!r} must be max or topk_mean"),
+            (str(c.train_patch_embed) in ("auto", "True", "False", "true", "false"),
+             f"method.train_patch_embed={c.train_patch_embed!r} must be auto, true or false"),
+            (int(c.lora.rank) >= 0, f"method.lora.rank={c.lora.rank} must be >= 0 (0: no LoRA)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    # --- training -----------------------------------------------------------------------------------------
+    def _decode(self, loader: DataLoader) -> torch.Tensor:
+        """All training images [N, 3, H, W] (normalised, CPU), decoded once."""
+        images = [batch["image"] for batch in progress(loader, "lora_mae: decode", self.ctx.progress, unit="batch")]
+        if not images:
+            raise ValueError("empty training loader")
+        x = torch.cat(images)
+        expect = tuple(self.ctx.image_size)
+        if tuple(x.shape[-2:]) != expect:
+            raise ConfigError(f"training images are {tuple(x.shape[-2:])}, the model was built for {expect}")
+        return x
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW (betas 0.9, 0.95); no weight decay on biases, norms and tokens."""
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith("_token") else decay).append(p)
+        groups = [{"params": decay, "weight_decay": float(self.cfg.train.weight_decay)},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=0.0, betas=(0.9, 0.95))
+
+    def _autocast(self):
+        amp = self.device.type == "cuda" and bool(self.cfg.train.get("amp", True)) and torch.cuda.is_bf16_supported()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp)
+
+    def _state_path(self) -> Path | None:
+        return None if self.ctx.work_dir is None else Path(self.ctx.work_dir) / TRAIN_STATE_FILE
+
+    def _config_json(self) -> str:
+        return json.dumps(OmegaConf.to_container(self.cfg, resolve=True), sort_keys=True)
+
+    def _save_train_state(self, path: Path, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int, step: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"method": "lora_mae", "version": CHECKPOINT_VERSION, "config": self._config_json(),
+                    "seed": self.ctx.seed, "image_size": list(self.ctx.image_size), "epoch": epoch, "step": step,
+                    "model": self.model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                    "history": list(self.history)}, tmp)
+        os.replace(tmp, path)
+
+    def _try_resume(self, path: Path | None, opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, int]:
+        """(epoch, optimizer step) to continue from; (0, 0) without a matching training checkpoint."""
+        if path is None or not path.is_file() or not bool(self.cfg.train.resume):
+            return 0, 0
+        state = torch_load(str(path))
+        same = (state.get("method") == "lora_mae" and state.get("version") == CHECKPOINT_VERSION
+                and state.get("config") == self._config_json() and state.get("seed") == self.ctx.seed
+                and list(state.get("image_size", [])) == list(self.ctx.image_size))
+        if not same:
+            log.warning("ignoring training checkpoint %s: written for another config / version", path)
+            return 0, 0
+        self.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        self.history = list(state["history"])
+        log.info("resuming lora_mae training from %s at epoch %d", path, state["epoch"])
+        return int(state["epoch"]), int(state["step"])
+
+    def fit(self, train_loader: DataLoader) -> None:
+        """Decode the normal images once, then train the MAE objective (random masks, no augmentation)."""
+        t0 = time.perf_counter()
+        images = self._decode(train_loader)  # [N, 3, H, W]
+        t1 = time.perf_counter()
+        self.train_on(images)
+        self.timings.update(decode_s=t1 - t0, train_s=time.perf_counter() - t1)
+
+    def train_on(self, images: torch.Tensor, stop_epoch: int | None = None) -> None:
+        """The training loop over in-memory images [N, 3, H, W]; ``stop_epoch`` ends early (resume tests)."""
+        t = self.cfg.train
+        n = images.shape[0]
+        bs, accum, epochs = min(int(t.batch_size), n), int(t.accum_steps), int(t.epochs)
+        micro_per_epoch = math.ceil(n / bs)
+        steps_per_epoch = math.ceil(micro_per_epoch / accum)
+        total_steps, warmup_steps = epochs * steps_per_epoch, int(t.warmup_epochs) * steps_per_epoch
+        base_lr = float(t.blr) * bs * accum / 256  # the linear scaling rule on the effective batch
+        min_lr = float(t.get("min_lr", 0.0))
+        every = int(t.get("checkpoint_every", 0))
+        opt = self._optimizer()
+        gen = torch.Generator().manual_seed(self.ctx.seed)
+        path = self._state_path()
+        start_epoch, step = self._try_resume(path, opt, gen)
+        log.info("lora_mae training: %d images, %d epochs, batch %d x %d accumulation, lr %.2e", n, epochs, bs,
+                 accum, base_lr)
+        self.model.train()
+        L = self.model.num_patches
+        bar = progress(range(start_epoch, epochs), "lora_mae: train", self.ctx.progress, unit="epoch")
+        for epoch in bar:
+            perm = torch.randperm(n, generator=gen)  # [N]
+            epoch_loss = 0.0
+            for m, start in enumerate(range(0, n, bs)):
+                group_start = (m // accum) * accum
+                group_size = min(accum, micro_per_epoch - group_start)  # the last group may be shorter
+                x = images[perm[start : start + bs]].to(self.device, non_blocking=True)  # [B, 3, H, W]
+                keep = random_keep(x.shape[0], L, float(t.mask_ratio), gen, self.device)  # [B, L_keep]
+                with self._autocast():
+                    pred = self.model(x, keep)  # [B, L, p*p*3]
+                loss = self.model.loss(x, pred, keep)
+                (loss / group_size).backward()
+                epoch_loss += loss.item() * x.shape[0]
+                if m - group_start + 1 == group_size:
+                    lr = lr_at(step, total_steps, warmup_steps, base_lr, min_lr)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    step += 1
+            self.history.append(epoch_loss / n)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{self.history[-1]:.4f}", lr=f"{lr:.2e}")
+            if epoch == 0 or (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:
+                log.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, self.history[-1])
+            done = epoch + 1
+            if path is not None and every > 0 and (done % every == 0 or done == epochs):
+                self._save_train_state(path, opt, gen, done, step)
+            if stop_epoch is not None and done >= stop_epoch:
+                return
+        self.model.eval()
+        self.fitted = True
+        if path is not None and path.is_file() and not bool(t.get("keep_checkpoint", False)):
+            path.unlink()  # training finished: the fitted model is saved by save()
+
+    # --- inference ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def anomaly_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> unsmoothed squared-error maps [B, H, W], each pixel from the pass hiding it."""
+        model = self.model.eval()
+        x = x.to(self.device)
+        b = x.shape[0]
+        p2 = model.patch_size ** 2
+        err = torch.zeros(b, *x.shape[-2:], device=self.device)
+        for hidden in self.hidden.to(self.device):  # [L] per mask
+            keep = visible_indices(hidden).expand(b, -1)  # [B, L_keep]
+            with self._autocast():
+                pred = model(x, keep)  # [B, L, p*p*3]
+            pixels_hidden = model.unpatchify(hidden.float()[None, :, None].expand(1, -1, p2), channels=1)[0, 0]  # [H, W]
+            err += model.pixel_error(x, pred) * pixels_hidden
+        return err
+
+    def predict(self, test_loader: DataLoader) -> Prediction:
+        """Image scores [N] and smoothed reconstruction-error maps [N, H, W]."""
+        inf = self.cfg.inference
+        scores, maps = [], []
+        t0 = time.perf_counter()
+        for batch in progress(test_loader, "lora_mae: predict", self.ctx.progress, unit="batch"):
+            raw = self.anomaly_maps(batch["image"])  # [B, H, W]
+            smooth = gaussian_blur(raw, float(inf.smoothing_sigma), int(inf.smoothing_radius))
+            scores.append(image_scores(smooth, str(inf.image_score), int(inf.topk)).cpu())
+            maps.append(smooth.cpu())
+        self.timings["predict_s"] = time.perf_counter() - t0
+        return Prediction(torch.cat(scores).numpy(), torch.cat(maps).numpy())
+
+    # --- persistence --------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write ``lora_mae.pt``: config, input size, LoRA / freezing flags and the full state dict."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"method": "lora_mae", "version": CHECKPOINT_VERSION, "config": self._config_json(),
+                    "image_size": list(self.ctx.image_size), "use_lora": self.use_lora,
+                    "patch_embed_reinit": self.patch_embed_reinit, "history": list(self.history),
+                    "model": self.model.state_dict()}, out / MODEL_FILE)
+
+    @classmethod
+    def load(cls, directory: str | Path, ctx: RunContext) -> "LoRAMAE":
+        """Restore a fitted model without refitting or downloading weights (everything is in the file)."""
+        path = Path(directory) / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no LoRA-MAE checkpoint at {path}")
+        state = torch_load(str(path))
+        if state.get("method") != "lora_mae":
+            raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not 'lora_mae'")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {CHECKPOINT_VERSION}")
+        cfg = OmegaConf.create(json.loads(state["config"]))
+        ctx = replace(ctx, image_size=tuple(state["image_size"]))
+        self = cls(cfg, ctx, load_weights=False)  # same structure (LoRA layers where they were), no download
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        self.history = list(state.get("history", []))
+        self.patch_embed_reinit = bool(state.get("patch_embed_reinit", False))
+        self.fitted = True
+        return self
