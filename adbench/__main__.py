@@ -1,37 +1,74 @@
-"""``python -m adbench [OVERRIDES]``: Hydra entry point around :func:`adbench.run.run`."""
+"""``python -m adbench [OVERRIDES]``: Hydra entry point around :func:`adbench.run.run`.
+
+A single run stops with one ``error: ...`` line and exit code 2 on bad input. In a sweep (``-m``) every job is
+isolated: a job whose data is missing or that fails is recorded (status ``missing`` / ``failed`` with the error)
+and the sweep goes on; with ``resume=true`` jobs whose result already exists are skipped.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("adbench")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its import chatter is not for users
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _record_failure(cfg: DictConfig, status: str, err: BaseException) -> str | None:
+    """Write a failure record where the run's result would go; returns its path (None if impossible)."""
+    from .results import config_hash, run_path, write_json_atomic
+
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        path = run_path(cfg.results_dir, resolved)
+        write_json_atomic(path, {
+            "status": status, "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=8) if status == "failed" else None,
+            "config": resolved, "config_hash": config_hash(resolved), "metrics": {},
+        })
+        return str(path)
+    except Exception:  # noqa: BLE001 - recording must never mask the original error
+        return None
+
+
+def job(cfg: DictConfig) -> dict[str, Any]:
+    """One run; in a multirun, errors become records instead of ending the sweep."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from .data.errors import ConfigError, DataError
     from .run import run
 
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         record = run(cfg)
+        return {"status": record.get("status", "ok"), "skipped": record.get("skipped", False), "path": record.get("path")}
     except (DataError, ConfigError) as err:
-        if multirun:  # one bad job must not end the sweep
-            log.error("job failed: %s", err)
-            return None
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    return record["metrics"].get("image_auroc")
+        if not multirun:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        status = "missing" if isinstance(err, DataError) else "failed"
+        path = _record_failure(cfg, status, err)
+        log.error("job %s: %s (recorded in %s); the sweep goes on", status, err, path)
+        return {"status": status, "error": str(err), "path": path}
+    except Exception as err:  # noqa: BLE001 - OOM, bugs: record, keep sweeping
+        if not multirun:
+            raise
+        path = _record_failure(cfg, "failed", err)
+        log.error("job failed: %s: %s (recorded in %s); the sweep goes on", type(err).__name__, err, path)
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}", "path": path}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
+    return job(cfg)
 
 
 def main() -> None:

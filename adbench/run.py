@@ -76,10 +76,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results_dir = _check_results_dir(str(cfg.results_dir))
     out_path = run_path(results_dir, resolved)
     if cfg.get("resume", False) and out_path.is_file():
-        rec = json.loads(out_path.read_text())
+        try:
+            rec = json.loads(out_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            rec = {}
         if rec.get("status") == "ok":
             log.info("resume: result exists, skipping %s", out_path)
-            return rec
+            print(f"skipped (resume=true, result exists): {out_path}")
+            return {**rec, "skipped": True, "path": str(out_path)}
 
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(int(cfg.seed))

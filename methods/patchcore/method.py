@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
-import faiss
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its import chatter is not for users
+import faiss  # noqa: E402
 import numpy as np
 import torch
 import torch.nn.functional as F
