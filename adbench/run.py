@@ -14,6 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .api import Prediction, RunContext
+from .calibration import calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
+from .checkpoint import write_checkpoint
 from .data.errors import ConfigError
 from .data.mvtec import MVTecDataModule
 from .data.synthetic import SyntheticDataModule
@@ -36,9 +38,13 @@ def build_datamodule(cfg: DictConfig) -> MVTecDataModule:
         g = d.generator
         return SyntheticDataModule(**common, generator_seed=g.seed, n_train=g.n_train, n_test_good=g.n_test_good,
                                    n_per_defect=g.n_per_defect, synth_size=g.size)
+    if d.name == "folder":
+        from .data.folder import FolderDataModule
+
+        return FolderDataModule.from_cfg(cfg)
     builder = DATAMODULES.get(str(d.name))
     if builder is None:
-        raise ConfigError(f"unknown dataset.name={d.name!r}; known: mvtec, synthetic, {', '.join(DATAMODULES)}")
+        raise ConfigError(f"unknown dataset.name={d.name!r}; known: mvtec, synthetic, folder, {', '.join(DATAMODULES)}")
     return builder(cfg)
 
 
@@ -87,7 +93,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(int(cfg.seed))
+    cal = cfg.get("calibration") or {}
+    holdout, quantile = float(cal.get("holdout", 0.0)), float(cal.get("quantile", 0.99))
+    check_options(holdout, quantile)
     dm = build_datamodule(cfg).setup()  # every data error surfaces here, before model work
+    # normal training images held out to calibrate the decision threshold (never the test labels)
+    dm.train_samples, calib_samples = split_holdout(dm.train_samples, holdout, int(cfg.seed))
+    has_masks = bool(getattr(dm, "has_masks", True))
+    if not has_masks:
+        print("no masks (dataset.mask_dir not set): image metrics only; pixel_auroc and aupro are not computed")
     work_dir = results_dir / "checkpoints" / out_path.relative_to(results_dir / "runs").with_suffix("")
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,
                      grayscale=dm.grayscale, image_size=dm.out_size, work_dir=work_dir,
@@ -96,13 +110,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     method.fit(dm.train_dataloader())
+    fit_s = time.perf_counter() - t0
+    calibration = None
+    if calib_samples:
+        loader = calibration_loader(calib_samples, dm.image_size, dm.crop_size, dm.batch_size)
+        calibration = calibrate(method, loader, quantile, holdout, method_name)
     t1 = time.perf_counter()
+    t_cal = t1 - t0 - fit_s
     pred: Prediction = method.predict(dm.test_dataloader())
     t2 = time.perf_counter()
+    check_scores(pred, method_name, [s.path for s in dm.test_samples], "the test images")
     labels, masks, defect_types = dm.test_targets()
     if pred.anomaly_maps.shape != masks.shape:
         raise RuntimeError(f"method {method_name} returned maps of shape {pred.anomaly_maps.shape}, masks are {masks.shape}")
-    metrics = compute_metrics(pred.image_scores, pred.anomaly_maps, labels, masks, defect_types)
+    metrics = compute_metrics(pred.image_scores, pred.anomaly_maps, labels, masks if has_masks else None, defect_types)
     t3 = time.perf_counter()
     metrics, bad = clean_metrics(metrics)
     if bad:
@@ -110,16 +131,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # a method may offer other score maps of the same fitted model (e.g. a baseline), evaluated alike
     extra_metrics = {}
     for key, extra in (getattr(method, "extra_predictions", None) or {}).items():
-        extra_metrics[key] = clean_metrics(compute_metrics(extra.image_scores, extra.anomaly_maps, labels, masks,
-                                                           defect_types))[0]
+        check_scores(extra, f"{method_name} ({key})", [s.path for s in dm.test_samples], "the test images")
+        extra_metrics[key] = clean_metrics(compute_metrics(extra.image_scores, extra.anomaly_maps, labels,
+                                                           masks if has_masks else None, defect_types))[0]
 
+    calibration_record = None
+    if calibration is not None:
+        calibration_record = {**calibration.to_dict(), **threshold_rates(calibration.threshold, pred.image_scores, labels)}
     if cfg.get("save_model", False):
-        method.save(work_dir)
-        OmegaConf.save(cfg, work_dir / "config.yaml", resolve=True)
+        write_checkpoint(work_dir, method, cfg, ctx, calibration)
+    overlays: list[str] = []
     if cfg.get("save_maps", False):
         from .viz import save_overlays
 
-        save_overlays(dm.test_dataset(with_labels=True), pred, labels, results_dir / "maps" / out_path.stem)
+        maps_dir = results_dir / "maps" / out_path.relative_to(results_dir / "runs").with_suffix("")
+        overlays = [str(p) for p in save_overlays(dm.test_dataset(with_labels=True), pred, labels, maps_dir)]
 
     record = {
         "status": "ok",
@@ -127,12 +153,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "extra_metrics": extra_metrics,
         "config": resolved,
         "config_hash": config_hash(resolved),
-        "fit_s": round(t1 - t0, 3),
+        "fit_s": round(fit_s, 3),
         "predict_s": round(t2 - t1, 3),
         "evaluate_s": round(t3 - t2, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "method_timings": {k: round(v, 3) for k, v in getattr(method, "timings", {}).items()},
+        "per_image": {  # for ROC curves and galleries
+            "score": [float(v) for v in pred.image_scores], "label": labels.tolist(), "defect_type": defect_types,
+            "file": [f"{s.defect_type}/{s.path.name}" for s in dm.test_samples],
+        },
+        "overlays": overlays,
         "n_train": len(dm.train_samples),
+        "n_calibration": len(calib_samples),
+        "calibrate_s": round(t_cal, 3),
+        "calibration": calibration_record,
+        "pixel_metrics": has_masks,
+        "checkpoint": str(work_dir) if cfg.get("save_model", False) else None,
         "n_test": len(dm.test_samples),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
@@ -148,5 +184,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(format_metrics({k: v for k, v in em.items() if not k.startswith("auroc_")}, f"  {key} (same model)"))
     print(f"fit {record['fit_s']:.1f}s  predict {record['predict_s']:.1f}s  evaluate {record['evaluate_s']:.1f}s  "
           f"peak RSS {record['peak_rss_mb']:.0f} MiB")
+    if calibration_record is not None:
+        c = calibration_record
+        rates = "" if c["test_fpr"] is None or c["test_tpr"] is None else \
+            f": on the test images FPR {c['test_fpr']:.3f}, TPR {c['test_tpr']:.3f}"
+        print(f"threshold {c['threshold']:.6g} (quantile {c['quantile']} of {c['n_images']} held-out normal images){rates}")
+    if record["checkpoint"]:
+        print(f"checkpoint: {record['checkpoint']}")
     print(f"result: {out_path}")
     return record

@@ -7,3 +7,7 @@ class DataError(Exception):
 
 class ConfigError(Exception):
     """A config option has a value that cannot work."""
+
+
+class ScoreError(ConfigError):
+    """A method produced NaN or inf scores; no metric or threshold is computed from them."""

@@ -21,6 +21,8 @@ OBJECTS = (
 CATEGORIES = tuple(sorted(TEXTURES + OBJECTS))
 GRAYSCALE = ("grid", "screw", "zipper")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# decoders tried on those files: formats with a fixed signature, so random bytes are never taken for an image
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def check_files(samples: list[Sample]) -> None:
 
 def _check_image(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             size = img.size
             img.verify()  # checks structure and checksums without decoding
         return size
@@ -114,11 +116,23 @@ def _check_image(path: Path) -> tuple[int, int]:
 def load_image(path: Path) -> Image.Image:
     """Decode an image fully, turning decoder failures into DataError naming the file."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()
-            return img.copy()
+            return to_8bit(img.copy())
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"unreadable or truncated image: {path} ({type(err).__name__}: {err}); replace or remove the file") from None
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float single-channel images -> 8-bit ``L`` scaled by their bit depth (PIL would clip them)."""
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if a.size and a.max() > 255 else 1.0
+    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), mode="L")
 
 
 class AnomalyDataset(Dataset):

@@ -1,0 +1,120 @@
+"""Decision threshold calibrated at fit time on normal training images held out from training.
+
+``calibration.holdout`` (a fraction) of the training images is set aside before ``fit`` (fixed by the run
+seed); after ``fit`` the method scores them, and the threshold is the ``calibration.quantile`` of those
+normal scores. Test labels are never used. The result is stored in the checkpoint as ``calibration.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from .api import Prediction
+from .data.errors import ConfigError, ScoreError
+from .data.mvtec import AnomalyDataset, Sample
+
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass
+class Calibration:
+    """Threshold on image scores (``score > threshold`` means anomalous) and the normal score ranges."""
+
+    threshold: float
+    quantile: float
+    holdout: float
+    n_images: int
+    scores: list[float]  # image scores of the held-out normal images
+    map_low: float  # median anomaly-map value on held-out normal images (overlay: cold)
+    map_high: float  # highest anomaly-map value on held-out normal images (overlay: fully hot above it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Calibration":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CALIBRATION_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Calibration | None":
+        """The calibration stored in a checkpoint folder, None when it was trained without one."""
+        path = Path(directory) / CALIBRATION_FILE
+        if not path.is_file():
+            return None
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def check_options(holdout: float, quantile: float) -> None:
+    """Reject calibration options that cannot work (before any model work)."""
+    if not 0 <= holdout < 1:
+        raise ConfigError(f"calibration.holdout={holdout} must be in [0, 1) (0: no threshold calibration)")
+    if not 0 < quantile <= 1:
+        raise ConfigError(f"calibration.quantile={quantile} must be in (0, 1]")
+
+
+def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(training samples, held-out calibration samples); at least one of each, order preserved, fixed by seed."""
+    samples = list(samples)
+    if fraction <= 0:
+        return samples, []
+    n = len(samples)
+    n_hold = max(1, int(round(fraction * n)))
+    if n - n_hold < 1:
+        raise ConfigError(f"calibration.holdout={fraction} leaves no training images ({n} normal images); "
+                          f"lower it or pass calibration.holdout=0")
+    held = set(np.random.default_rng([seed, 0xCA1]).permutation(n)[:n_hold].tolist())
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+
+
+def calibration_loader(samples: Sequence[Sample], image_size: int, crop_size: int | None, batch_size: int) -> DataLoader:
+    """Loader over held-out normal images, batches ``{"image", "path"}`` like the test loader."""
+    ds = AnomalyDataset(list(samples), image_size, crop_size, with_labels=False)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def check_scores(pred: Prediction, method: str, paths: Sequence[str | Path], where: str) -> None:
+    """Raise ScoreError (one line) when image scores or maps hold NaN or inf."""
+    bad_img = ~np.isfinite(pred.image_scores)
+    bad_map = ~np.isfinite(pred.anomaly_maps).reshape(len(pred.anomaly_maps), -1).any(axis=1)
+    if not bad_img.any() and not bad_map.any():
+        return
+    first = int(np.flatnonzero(bad_img | bad_map)[0])
+    n_px = int(np.size(pred.anomaly_maps) - np.count_nonzero(np.isfinite(pred.anomaly_maps)))
+    raise ScoreError(
+        f"method {method} produced NaN/inf scores on {where}: {int(bad_img.sum())} image score(s) and {n_px} map "
+        f"value(s) (first: {paths[first] if first < len(paths) else first}); nothing was computed from them. "
+        f"Fix: check method.* options (e.g. a lower learning rate) or try another seed"
+    )
+
+
+def calibrate(method: Any, loader: DataLoader, quantile: float, holdout: float, name: str = "") -> Calibration:
+    """Score held-out normal images with the fitted ``method`` and set the threshold at ``quantile``."""
+    pred: Prediction = method.predict(loader)
+    paths = [s.path for s in loader.dataset.samples] if hasattr(loader.dataset, "samples") else []
+    check_scores(pred, name or type(method).__name__, paths, "held-out calibration images")
+    scores = pred.image_scores.astype(np.float64)
+    maps = pred.anomaly_maps
+    low, high = float(np.median(maps)), float(maps.max())
+    return Calibration(threshold=float(np.quantile(scores, quantile)), quantile=float(quantile),
+                       holdout=float(holdout), n_images=int(len(scores)), scores=[float(s) for s in scores],
+                       map_low=low, map_high=high if high > low else low + 1e-12)
+
+
+def threshold_rates(threshold: float, scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """How a threshold fared on labelled images (reporting only): FPR on normal, TPR on anomalous."""
+    scores, labels = np.asarray(scores), np.asarray(labels).astype(bool)
+    above = scores > threshold
+    fpr = float(above[~labels].mean()) if (~labels).any() else None
+    tpr = float(above[labels].mean()) if labels.any() else None
+    return {"test_fpr": fpr, "test_tpr": tpr}
