@@ -35,6 +35,8 @@ class RunContext:
     image_size: tuple[int, int] = (224, 224)
     work_dir: Path | None = None
     progress: bool = True
+    feature_cache: Path | None = None  # opt-in feature cache folder (None: off)
+    data_id: str = ""  # identifies dataset, root, category and transform, for cache keys
 
 
 @dataclass

@@ -105,7 +105,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     work_dir = results_dir / "checkpoints" / out_path.relative_to(results_dir / "runs").with_suffix("")
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,
                      grayscale=dm.grayscale, image_size=dm.out_size, work_dir=work_dir,
-                     progress=bool(cfg.get("progress", True)))
+                     progress=bool(cfg.get("progress", True)),
+                     feature_cache=Path(cfg.feature_cache) if cfg.get("feature_cache") else None,
+                     data_id=json.dumps([str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()),
+                                         str(cfg.category), dm.image_size, dm.crop_size]))
     method = get_method(method_name)(cfg.method, ctx)
 
     t0 = time.perf_counter()
