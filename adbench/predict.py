@@ -1,0 +1,322 @@
+"""Score new images with a saved model.
+
+Command line::
+
+    python -m adbench.predict checkpoint=DIR input=IMAGE_OR_FOLDER output=DIR [threshold=X] [device=auto]
+
+writes, per image, ``<name>.npy`` (the anomaly map, float32 [H, W] at the model's input size),
+``<name>_overlay.png`` (the map over the resized input), and a row of ``predictions.csv`` / ``predictions.json``
+with its score and the normal/anomalous decision (``score > threshold``; the threshold was calibrated at fit
+time on held-out normal training images, see :mod:`adbench.calibration`).
+
+Python::
+
+    from adbench.predict import load
+    det = load("results/checkpoints/patchcore/folder/custom/seed0-...")
+    r = det.predict("part_0042.png")        # or a PIL image, a [3, H, W] / [B, 3, H, W] tensor in [0, 1], a folder
+    r.score, r.anomalous, r.anomaly_map
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .calibration import Calibration, check_scores
+from .checkpoint import load_checkpoint
+from .data.errors import ConfigError, DataError
+from .data.folder import list_images
+from .data.mvtec import IMAGE_SUFFIXES, _check_image, load_image
+from .data.transforms import denormalize, transform_image
+from .utils import progress, resolve_device
+
+OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true",
+           "input": "an image file or a folder of images",
+           "output": "DIR, where maps, overlays and predictions.csv go",
+           "threshold": "a number: overrides the calibrated threshold",
+           "method": "the method the checkpoint must hold (optional check)",
+           "device": "auto | cpu | cuda | cuda:N (default auto)",
+           "batch_size": "images per batch (default: the training batch size)",
+           "progress": "true | false (default true)"}
+
+
+@dataclass
+class Result:
+    """One scored image. ``anomalous`` is None when no threshold is known."""
+
+    score: float
+    anomalous: bool | None
+    threshold: float | None
+    anomaly_map: np.ndarray  # [H, W] float32, at the model's input resolution
+    image: np.ndarray  # [H, W, 3] uint8, the resized (and cropped) input the map refers to
+    path: str | None = None
+
+    @property
+    def decision(self) -> str:
+        return "unknown" if self.anomalous is None else ("anomalous" if self.anomalous else "normal")
+
+
+class _Items(Dataset):
+    """Pre-transformed images as loader items ``{"image": [3, H, W], "path": str}``."""
+
+    def __init__(self, images: list[torch.Tensor], names: list[str]) -> None:
+        self.images, self.names = images, names
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "path": self.names[i]}
+
+
+class Detector:
+    """A fitted method with its input transform and decision threshold, loaded from a checkpoint folder."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", threshold: float | None = None,
+                 method: str | None = None, batch_size: int | None = None, progress: bool = False) -> None:
+        self.device = resolve_device(device)
+        self.model, self.manifest, self.cfg, self.calibration = load_checkpoint(
+            checkpoint, self.device, method=method, progress=progress)
+        self.checkpoint = Path(checkpoint)
+        self.method_name = str(self.manifest["method"])
+        self.image_size = int(self.manifest["image_size"])
+        self.crop_size = self.manifest.get("crop_size")
+        default_bs = self.cfg.get("dataset", {}).get("batch_size", 8) if self.cfg else 8
+        self.batch_size = int(batch_size or default_bs)
+        self.threshold_override = threshold
+
+    @property
+    def threshold(self) -> float | None:
+        """The override if given, else the calibrated threshold, else None."""
+        if self.threshold_override is not None:
+            return float(self.threshold_override)
+        return self.calibration.threshold if self.calibration is not None else None
+
+    def _tensor_items(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unnormalised RGB/gray tensor(s) in [0, 1] (or uint8) -> transformed [3, H, W] tensors."""
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ConfigError(f"tensor input must be [3, H, W] or [B, 3, H, W] (1 channel allowed); got {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        x = x.detach().float().cpu()
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise ConfigError(f"tensor input values must lie in [0, 1] (got {x.min().item():.3g}..{x.max().item():.3g}); "
+                              f"pass the unnormalised image, e.g. torchvision's to_tensor(img)")
+        out = []
+        for t in x:  # same path as files: 8-bit PIL image -> resize/crop -> ImageNet normalisation
+            arr = (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            out.append(transform_image(Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr),
+                                       self.image_size, self.crop_size))
+        return out
+
+    def _gather(self, x: Any) -> tuple[list[torch.Tensor], list[str | None], bool]:
+        """(transformed images, their paths, whether a single image was given)."""
+        if isinstance(x, (str, Path)):
+            p = Path(x)
+            if p.is_dir():
+                files = list_images(p)
+                if not files:
+                    raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {p}; pass input=IMAGE_OR_FOLDER")
+                for f in files:  # every file is checked before any model work
+                    _check_image(f)
+                return [transform_image(load_image(f), self.image_size, self.crop_size) for f in files], \
+                    [str(f) for f in files], False
+            if not p.is_file():
+                raise DataError(f"input not found: {p}; pass input=IMAGE_OR_FOLDER")
+            _check_image(p)
+            return [transform_image(load_image(p), self.image_size, self.crop_size)], [str(p)], True
+        if isinstance(x, Image.Image):
+            return [transform_image(x, self.image_size, self.crop_size)], [None], True
+        if isinstance(x, np.ndarray):  # [H, W] or [H, W, C], uint8 or float in [0, 1]
+            t = torch.from_numpy(np.ascontiguousarray(x))
+            return self._gather(t[None] if t.ndim == 2 else t.permute(2, 0, 1))
+        if isinstance(x, torch.Tensor):
+            items = self._tensor_items(x)
+            return items, [None] * len(items), x.ndim == 3
+        if isinstance(x, Sequence):
+            imgs, paths = [], []
+            for item in x:
+                i, p, _ = self._gather(item)
+                imgs += i
+                paths += p
+            return imgs, paths, False
+        raise ConfigError(f"cannot predict on {type(x).__name__}; pass a path, a folder, a PIL image or a tensor")
+
+    def predict(self, x: Any) -> Result | list[Result]:
+        """Score images: one :class:`Result` for one image, a list for a folder, a sequence or a batch tensor."""
+        images, paths, single = self._gather(x)
+        names = [p or f"image_{i:05d}" for i, p in enumerate(paths)]
+        loader = DataLoader(_Items(images, names), batch_size=self.batch_size, shuffle=False)
+        pred = self.model.predict(loader)
+        check_scores(pred, self.method_name, names, "the input images")
+        thr = self.threshold
+        results = []
+        for i, img in enumerate(images):
+            rgb = (denormalize(img).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            score = float(pred.image_scores[i])
+            results.append(Result(score=score, anomalous=None if thr is None else bool(score > thr), threshold=thr,
+                                  anomaly_map=pred.anomaly_maps[i], image=rgb, path=paths[i]))
+        return results[0] if single else results
+
+    def overlay(self, r: Result) -> Image.Image:
+        """The anomaly map over the input: cold at the normal images' median, fully hot from their maximum.
+
+        Without a calibration the map is scaled to its own range. A red frame marks an anomalous decision.
+        """
+        import matplotlib
+
+        m = r.anomaly_map.astype(np.float64)
+        if self.calibration is not None:
+            lo, hi = self.calibration.map_low, self.calibration.map_high
+        else:
+            lo, hi = float(m.min()), float(m.max())
+        norm = np.clip((m - lo) / max(hi - lo, 1e-12), 0, 1)  # [H, W]
+        heat = matplotlib.colormaps["jet"](norm)[..., :3]  # [H, W, 3]
+        alpha = 0.65 * norm[..., None]  # normal areas show the image itself
+        out = (1 - alpha) * (r.image / 255.0) + alpha * heat
+        out = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+        if r.anomalous:
+            b = max(2, out.shape[0] // 64)
+            out[:b], out[-b:], out[:, :b], out[:, -b:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+        return Image.fromarray(out)
+
+
+def load(checkpoint: str | Path, device: str = "auto", threshold: float | None = None,
+         method: str | None = None, batch_size: int | None = None) -> Detector:
+    """Load a checkpoint folder for prediction (see :class:`Detector`)."""
+    return Detector(checkpoint, device=device, threshold=threshold, method=method, batch_size=batch_size)
+
+
+def _output_names(paths: list[str], input_path: Path) -> list[Path]:
+    """Relative output stems: mirror the input folder's structure (a single file: its stem)."""
+    if input_path.is_file():
+        return [Path(input_path.stem)]
+    return [Path(p).relative_to(input_path).with_suffix("") for p in paths]
+
+
+def write_image_outputs(det: Detector, r: Result, name: Path, output: Path) -> dict[str, Any]:
+    """``<output>/<name>.npy`` and ``<name>_overlay.png`` for one result; returns its table row."""
+    base = output / name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    npy = base.parent / f"{base.name}.npy"
+    png = base.parent / f"{base.name}_overlay.png"
+    np.save(npy, r.anomaly_map.astype(np.float32))
+    det.overlay(r).save(png)
+    return {"path": r.path, "score": r.score, "threshold": r.threshold, "decision": r.decision,
+            "map": str(npy.relative_to(output)), "overlay": str(png.relative_to(output))}
+
+
+def write_tables(det: Detector, rows: list[dict[str, Any]], output: Path) -> Path:
+    """All scores and decisions in ``predictions.csv`` and (with the calibration) ``predictions.json``."""
+    with open(output / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    meta = {"checkpoint": str(det.checkpoint), "method": det.method_name, "threshold": det.threshold,
+            "threshold_source": "option" if det.threshold_override is not None else
+            ("calibration" if det.calibration is not None else None),
+            "calibration": det.calibration.to_dict() if det.calibration is not None else None,
+            "map_size": list(det.manifest["out_size"]), "predictions": rows}
+    (output / "predictions.json").write_text(json.dumps(meta, indent=2))
+    return output / "predictions.csv"
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """``key=value`` arguments; unknown keys and missing required ones raise ConfigError naming them."""
+    opts: dict[str, str] = {}
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep:
+            raise ConfigError(f"argument {a!r} is not key=value; usage: python -m adbench.predict checkpoint=DIR "
+                              f"input=IMAGE_OR_FOLDER output=DIR")
+        if key not in OPTIONS:
+            raise ConfigError(f"unknown option {key}={value}; known options: {', '.join(OPTIONS)}")
+        opts[key] = value
+    for key in ("checkpoint", "input", "output"):
+        if key not in opts:
+            raise ConfigError(f"missing option {key}=...: {OPTIONS[key]}")
+    return opts
+
+
+def _input_files(input_path: Path) -> list[Path]:
+    """The image files named by ``input=``, each opened once (DataError names a bad one)."""
+    if input_path.is_dir():
+        files = list_images(input_path)
+        if not files:
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in input={input_path}; pass input=IMAGE_OR_FOLDER")
+    elif input_path.is_file():
+        files = [input_path]
+    else:
+        raise DataError(f"input={input_path} not found; pass input=IMAGE_OR_FOLDER")
+    for f in files:
+        _check_image(f)
+    return files
+
+
+def _check_output(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output={output} is not writable ({err.strerror}); pass output=DIR") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__.split("Python::")[0].strip())
+        print("\nOptions:\n" + "\n".join(f"  {k}=...  {v}" for k, v in OPTIONS.items()))
+        return 0
+    try:
+        opts = parse_args(argv)
+        threshold = None
+        if "threshold" in opts:
+            try:
+                threshold = float(opts["threshold"])
+            except ValueError:
+                raise ConfigError(f"threshold={opts['threshold']} is not a number; pass threshold=X") from None
+        output = Path(opts["output"])
+        input_path = Path(opts["input"])
+        files = _input_files(input_path)  # every file checked before the model is loaded
+        _check_output(output)
+        show = opts.get("progress", "true").lower() != "false"
+        det = Detector(opts["checkpoint"], device=opts.get("device", "auto"), threshold=threshold,
+                       method=opts.get("method"), batch_size=int(opts["batch_size"]) if "batch_size" in opts else None)
+        names = _output_names([str(f) for f in files], input_path)
+        rows = []
+        chunk = max(det.batch_size, 1) * 4  # bounded memory for large folders
+        for i in progress(range(0, len(files), chunk), "predict", show, unit="chunk"):
+            results = det.predict([str(f) for f in files[i : i + chunk]])
+            for r, name in zip(results, names[i : i + chunk]):
+                rows.append(write_image_outputs(det, r, name, output))
+                print(f"{r.decision:<9}  {r.score:.6g}  {r.path}")
+        table = write_tables(det, rows, output)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    n_bad = sum(r["decision"] == "anomalous" for r in rows)
+    thr = det.threshold
+    if thr is None:
+        print("no threshold: the checkpoint was trained with calibration.holdout=0; retrain with "
+              "calibration.holdout=0.1 or pass threshold=X for decisions", file=sys.stderr)
+    print(f"{len(rows)} image(s), {n_bad} anomalous (threshold {thr if thr is None else f'{thr:.6g}'}); "
+          f"maps, overlays and {table.name} in {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
