@@ -72,6 +72,12 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
+    from .overrides import explain
+
+    problem = explain(sys.argv[1:])  # unknown method / option: one line before Hydra's multi-line report
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 
