@@ -11,7 +11,7 @@ DATA    ?= datasets/mvtec_ad
 RESULTS ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow bench table1 clean
+.PHONY: help setup demo test test-slow bench table1 report clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,8 +33,11 @@ test-slow: ## only the slow tests (minutes of training each)
 bench: ## performance benchmark of PatchCore (prints a table, writes results/bench.json)
 	@echo "not yet: make bench arrives with the performance issue"
 
-table1: ## rebuild the paper tables (PRESET=paper|cpu DATA=DIR RESULTS=DIR)
-	@echo "not yet: make table1 arrives with the sweeps issue"
+table1: ## run the paper-table sweeps, write RESULTS/table1.{md,csv} and report.html (PRESET=paper|cpu DATA=DIR RESULTS=DIR)
+	$(PY) -m adbench.table1 --preset $(PRESET) --data $(DATA) --results $(RESULTS)
+
+report: ## rebuild RESULTS/report.html from the runs under RESULTS
+	$(PY) -m adbench.report --results $(RESULTS)
 
 clean: ## remove Hydra outputs and caches
 	rm -rf outputs multirun .pytest_cache

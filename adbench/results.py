@@ -101,6 +101,9 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
         row = {"method": cfg.get("method", {}).get("name"), "dataset": cfg.get("dataset", {}).get("name"),
                "category": cfg.get("category"), "seed": cfg.get("seed"),
                "preset": (cfg.get("preset") or {}).get("name"), "path": str(p)}
+        from .table1 import variant_of
+
+        row["variant"] = variant_of(row["method"] or "", cfg)
         row.update(rec.get("metrics", {}))
         for k in ("fit_s", "predict_s", "evaluate_s", "peak_rss_mb"):
             row[k] = rec.get(k)
