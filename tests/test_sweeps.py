@@ -120,3 +120,20 @@ def test_table1_missing_categories_and_published(tmp_path):
     for (method, variant, metric), sub in pub[pub.category != "mean"].groupby(["method", "variant", "metric"]):
         mean = pub[(pub.method == method) & (pub.variant == variant) & (pub.metric == metric) & (pub.category == "mean")]
         assert len(sub) == 15 and abs(sub.value.mean() - float(mean.value.iloc[0])) < 0.1, (method, variant, metric)
+
+
+@pytest.mark.skipif(not any(Path(d, "chromium").exists() for d in os.environ.get("PATH", "").split(":")),
+                    reason="headless Chromium not installed (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(parallel_sweep, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    results, _ = parallel_sweep
+    report = build_report(results)
+    png = tmp_path / "report.png"
+    p = subprocess.run(["bash", str(REPO / "scripts" / "screenshot_report.sh"), str(report), str(png), "1600"],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0 and png.is_file(), p.stderr
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape[:2] == (1600, 1280)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 500  # text, tables and plots, not a blank page
