@@ -122,3 +122,21 @@ def test_real_bottle_mobilenet_v2(mvtec_bottle, shared_torch_home, tmp_path):
     assert m["image_auroc"] >= 0.99, m
     assert m["pixel_auroc"] >= 0.96, m
     assert m["aupro"] >= 0.85, m
+
+
+def test_feature_cache_extracts_once_same_numbers(tmp_path, small_synthetic_root):
+    from .conftest import small_synthetic_overrides
+
+    base = ["preset=tiny", f"results_dir={tmp_path / 'r'}", f"feature_cache={tmp_path / 'cache'}",
+            *small_synthetic_overrides(small_synthetic_root)]
+    first = run(compose_cfg(base + ["method.coreset.ratio=0.05"]))
+    entries = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(entries) == 2  # train and test embeddings
+    stamps = [p.stat().st_mtime_ns for p in entries]
+    second = run(compose_cfg(base + ["method.coreset.ratio=0.05"]))
+    assert [p.stat().st_mtime_ns for p in entries] == stamps  # read, not rewritten
+    assert second["metrics"] == first["metrics"]
+    uncached = run(compose_cfg([o for o in base if not o.startswith("feature_cache")] + ["method.coreset.ratio=0.05"]))
+    assert uncached["metrics"] == first["metrics"]
+    run(compose_cfg(base + ["method.coreset.ratio=0.1"]))  # another ratio reuses the same features
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from adbench.api import Prediction, RunContext
 from adbench.backbones import FeatureExtractor, build_backbone, default_layers
+from adbench.cache import FeatureCache, weights_id
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
 from adbench.utils import progress, torch_load
@@ -72,22 +74,53 @@ class PatchCore:
         self.grid = grid
         return emb.float()
 
+    def _cache_parts(self, loader: DataLoader, split: str) -> dict | None:
+        """What the embeddings of ``loader`` depend on; None when the files cannot be listed (no caching)."""
+        samples = getattr(loader.dataset, "samples", None)
+        if self.ctx.feature_cache is None or not samples:
+            return None
+        bb = self.cfg.backbone
+        files = hashlib.sha256("\n".join(str(s.path) for s in samples).encode()).hexdigest()
+        return {"kind": "patchcore-embeddings", "backbone": str(bb.name), "weights": weights_id(bb.weights),
+                "seed": self.ctx.seed if str(bb.weights) == "none" else None, "layers": self.layers,
+                "layer_dim": int(self.cfg.layer_dim), "embed_dim": int(self.cfg.embed_dim),
+                "patch_size": int(self.cfg.patch_size), "data": self.ctx.data_id, "split": split, "files": files}
+
+    def embed_all(self, loader: DataLoader, split: str, desc: str) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """Embeddings of every image, streamed into one preallocated tensor [N, h*w, D]; cached when enabled.
+
+        Returns (embeddings, patch grid (h, w), input size (H, W)).
+        """
+        parts = self._cache_parts(loader, split)
+        if parts is not None:
+            out = FeatureCache(self.ctx.feature_cache).get_or_compute(parts, lambda: self._embed_all(loader, desc))
+        else:
+            out = self._embed_all(loader, desc)
+        self.grid = tuple(int(v) for v in out["grid"].tolist())
+        return out["emb"].to(self.device), self.grid, tuple(int(v) for v in out["input_size"].tolist())
+
+    def _embed_all(self, loader: DataLoader, desc: str) -> dict[str, torch.Tensor]:
+        n_images = len(loader.dataset)
+        emb_all: torch.Tensor | None = None
+        row = 0
+        size = (0, 0)
+        for batch in progress(loader, desc, self.ctx.progress, unit="batch"):
+            emb = self.embed(batch["image"])  # [B, h*w, D]
+            size = tuple(batch["image"].shape[-2:])
+            if emb_all is None:
+                emb_all = torch.empty(n_images, *emb.shape[1:], dtype=torch.float32, device=self.device)
+            emb_all[row : row + len(emb)] = emb
+            row += len(emb)
+        if emb_all is None:
+            raise ValueError(f"{desc}: empty loader")
+        return {"emb": emb_all[:row], "grid": torch.tensor(self.grid), "input_size": torch.tensor(size)}
+
     def fit(self, train_loader: DataLoader) -> None:
         """Extract patch features of all normal images into a preallocated bank, subsample, index."""
         t0 = time.perf_counter()
-        n_images = len(train_loader.dataset)
-        bank: torch.Tensor | None = None
-        row = 0
-        for batch in progress(train_loader, "patchcore: features", self.ctx.progress, unit="batch"):
-            emb = self.embed(batch["image"])  # [B, h*w, D]
-            b, p, d = emb.shape
-            if bank is None:
-                bank = torch.empty(n_images * p, d, dtype=torch.float32, device=self.device)
-            bank[row : row + b * p] = emb.reshape(b * p, d)
-            row += b * p
-        if bank is None:
-            raise ValueError("empty training loader")
-        bank = bank[:row]
+        emb, _, _ = self.embed_all(train_loader, "train", "patchcore: features")  # [N, h*w, D]
+        bank = emb.reshape(-1, emb.shape[-1])  # [N*h*w, D], a view
+        row = bank.shape[0]
         t1 = time.perf_counter()
         n_select = max(1, int(round(row * float(self.cfg.coreset.ratio))))
         proj = self.cfg.coreset.get("projection_dim")
@@ -130,6 +163,25 @@ class PatchCore:
             out[i] = w * patch_scores[i, j]
         return out
 
+    def _test_embeddings(self, loader: DataLoader):
+        """Yield (embeddings [B, h*w, D], input size, seconds spent): from the cache, or streamed per batch."""
+        if self._cache_parts(loader, "test") is not None:
+            t = time.perf_counter()
+            emb_all, _, size = self.embed_all(loader, "test", "patchcore: predict")
+            dt = time.perf_counter() - t
+            step = max(1, int(getattr(loader, "batch_size", None) or 32))
+            for start in range(0, len(emb_all), step):
+                yield emb_all[start : start + step], size, dt if start == 0 else 0.0
+            return
+        it = iter(progress(loader, "patchcore: predict", self.ctx.progress, unit="batch"))
+        while True:
+            t = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                return
+            emb = self.embed(batch["image"])
+            yield emb, tuple(batch["image"].shape[-2:]), time.perf_counter() - t
+
     def predict(self, test_loader: DataLoader) -> Prediction:
         """Image scores [N] (max patch score) and blurred, upsampled patch-score maps [N, H, W]."""
         if self.index is None:
@@ -138,10 +190,9 @@ class PatchCore:
         sigma = float(self.cfg.blur_sigma)
         scores, maps = [], []
         t_search = t_post = 0.0
-        t0 = time.perf_counter()
-        for batch in progress(test_loader, "patchcore: predict", self.ctx.progress, unit="batch"):
-            x = batch["image"]
-            emb = self.embed(x)  # [B, h*w, D]
+        t_embed = 0.0
+        for emb, input_size, dt in self._test_embeddings(test_loader):  # [B, h*w, D]
+            t_embed += dt
             b, p, d = emb.shape
             ts = time.perf_counter()
             dist, ids = self._search(emb.reshape(b * p, d), k)  # [B*h*w, k]
@@ -153,14 +204,13 @@ class PatchCore:
             else:
                 scores.append(patch.max(axis=1))
             h, w = self.grid
-            up = F.interpolate(torch.from_numpy(patch).reshape(b, 1, h, w), size=tuple(x.shape[-2:]),
+            up = F.interpolate(torch.from_numpy(patch).reshape(b, 1, h, w), size=input_size,
                                mode="bilinear", align_corners=False)[:, 0].numpy()  # [B, H, W]
             if sigma > 0:
                 up = np.stack([ndimage.gaussian_filter(m, sigma=sigma) for m in up])
             maps.append(up.astype(np.float32))
             t_post += time.perf_counter() - tp
-        total = time.perf_counter() - t0
-        self.timings.update(search_s=t_search, postprocess_s=t_post, predict_embed_s=total - t_search - t_post)
+        self.timings.update(search_s=t_search, postprocess_s=t_post, predict_embed_s=t_embed)
         return Prediction(np.concatenate(scores), np.concatenate(maps))
 
     def save(self, directory: str | Path) -> None:
