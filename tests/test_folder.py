@@ -79,6 +79,17 @@ def test_flat_abnormal_folder_is_one_defect_type(tmp_path):
     assert [s.defect_type for s in dm.test_samples] == ["abnormal", "good"]
 
 
+def test_symlinked_subfolders_are_followed_hidden_skipped(small_synthetic_root, tmp_path):
+    src = small_synthetic_root / "washer"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "scratch").symlink_to(src / "test" / "scratch")
+    (tmp_path / "good").symlink_to(src / "train" / "good")
+    (tmp_path / "bad" / ".cache").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "bad" / ".cache" / "thumb.png")
+    dm = FolderDataModule(tmp_path / "good", tmp_path / "bad", image_size=64, crop_size=None).setup()
+    assert [s.defect_type for s in dm.test_samples if s.label] == ["scratch"] * 3
+
+
 def test_grayscale_auto_and_16bit(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "ok").mkdir()

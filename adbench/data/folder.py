@@ -13,6 +13,7 @@ Without ``mask_dir`` only image-level metrics are computed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,12 @@ _OPTION = {"normal_dir": "a folder of normal (good) training images",
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden files and folders skipped), sorted."""
+    """Image files under ``folder`` (recursive, symlinked folders followed, hidden entries skipped), sorted."""
     out = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            out.append(p)
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [Path(dirpath) / f for f in filenames
+                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(out)
 
 
@@ -200,8 +199,11 @@ class FolderDataModule(MVTecDataModule):
             raise ConfigError(f"dataset.grayscale={opt!r} must be auto, true or false")
         modes = set()
         for s in self.train_samples:
-            with Image.open(s.path) as img:
-                modes.add(img.mode)
+            try:
+                with Image.open(s.path) as img:
+                    modes.add(img.mode)
+            except OSError as err:
+                raise DataError(f"unreadable image: {s.path} ({err}); replace or remove the file") from None
         return modes <= set(SINGLE_CHANNEL_MODES)
 
     def train_dataset(self) -> AnomalyDataset:
