@@ -140,3 +140,83 @@ def test_feature_cache_extracts_once_same_numbers(tmp_path, small_synthetic_root
     assert uncached["metrics"] == first["metrics"]
     run(compose_cfg(base + ["method.coreset.ratio=0.1"]))  # another ratio reuses the same features
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+# ---- coreset: the accelerated greedy returns exactly the plain loop's indices -------------------------------
+
+def _both(x: np.ndarray, n_select: int, **kw) -> tuple[np.ndarray, np.ndarray, dict]:
+    from methods.patchcore.coreset import select_coreset
+
+    stats: dict = {}
+    plain = select_coreset(x, n_select, show_progress=False, algorithm="plain", **kw)
+    fast = select_coreset(x, n_select, show_progress=False, algorithm="accelerated", stats=stats, **kw)
+    return plain, fast, stats
+
+
+@pytest.mark.parametrize("kind", ["gauss", "clusters", "lowdim", "duplicates", "grid"])
+def test_accelerated_coreset_equals_plain(kind):
+    rng = np.random.default_rng(7)
+    n, d = 6000, 128
+    if kind == "gauss":  # high intrinsic dimension: little to prune, must still agree
+        x = rng.standard_normal((n, d))
+    elif kind == "clusters":
+        x = 3 * rng.standard_normal((40, d))[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, d))
+    elif kind == "lowdim":
+        x = rng.standard_normal((n, 3)) @ rng.standard_normal((3, d))
+    elif kind == "duplicates":  # exact ties in min_d: first index wins in both
+        x = np.repeat(rng.standard_normal((n // 4, d)), 4, axis=0)
+    else:  # small integer grid, 5 dims: many exactly equal distances
+        x = rng.integers(0, 6, (n, 5)).astype(np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    plain, fast, stats = _both(x, 900, start_points=10, seed=3)
+    assert np.array_equal(plain, fast)
+    if kind in ("clusters", "lowdim", "grid"):  # the sparse steps really ran
+        assert stats["distances"] < 0.5 * n * 900, stats
+
+
+def test_accelerated_coreset_equals_plain_on_patch_features(small_synthetic_root):
+    """Real-like features: PatchCore embeddings (random-init MobileNetV2) of synthetic images, projected."""
+    from adbench.data.synthetic import SyntheticDataModule  # noqa: F401 - the root is already generated
+    from PIL import Image
+
+    paths = sorted((small_synthetic_root / "washer" / "train" / "good").glob("*.png"))[:8]
+    imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+                        for p in paths])
+    torch.manual_seed(0)
+    net = build_backbone("mobilenet_v2", "none").eval()
+    model = PatchFeatures(FeatureExtractor(net, ["features.6", "features.13"]), 256, 256)
+    with torch.inference_mode():
+        emb, _ = model(imgs)  # [8, 256, 256]
+    feats = emb.reshape(-1, 256)
+    from methods.patchcore.coreset import project
+
+    bank = project(feats, 128, seed=0).numpy()
+    plain, fast, _ = _both(bank, len(bank) // 10)
+    assert np.array_equal(plain, fast)
+    idx = greedy_coreset(feats, len(bank) // 10, projection_dim=128, show_progress=False)  # default: accelerated
+    assert np.array_equal(idx.numpy(), plain)
+
+
+@pytest.mark.parametrize("d", [3, 8, 17, 128])
+def test_distance_kernel_rows_independent_of_call(d):
+    """The premise of the exactness: a row's computed distance does not depend on which rows share the call."""
+    from methods.patchcore.coreset import _FAISS_SPECIAL_D, _L2Kernel
+
+    rng = np.random.default_rng(d)
+    bank = (3 * rng.standard_normal((3000, d)) + 1).astype(np.float32)
+    if d in _FAISS_SPECIAL_D:
+        bank = np.ascontiguousarray(np.pad(bank, ((0, 0), (0, 1))))
+    kern = _L2Kernel(bank.shape[1], threads=2)
+    kern.set_centre(bank[11])
+    full = kern(np.empty(len(bank), dtype=np.float32), bank).copy()
+    for m in (1, 3, 5, 17, 250, 2999):
+        ids = rng.integers(0, len(bank), m)
+        part = kern(np.empty(m, dtype=np.float32), np.ascontiguousarray(bank[ids]))
+        assert np.array_equal(part, full[ids])
+    kern.close()
+
+
+def test_coreset_algorithm_option_errors():
+    x = torch.randn(50, 8)
+    with pytest.raises(ValueError, match="coreset algorithm"):
+        greedy_coreset(x, 5, algorithm="fastest", show_progress=False)
