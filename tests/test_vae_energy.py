@@ -16,6 +16,15 @@ from methods.vae_energy.tiles import stitch, tile
 from .conftest import compose_cfg, small_synthetic_overrides
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models here are tiny: one thread avoids thread-sync overhead on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_model_shapes():
     for c in (1, 3):
         m = ConvVAE(c, 32, [8, 16], z_dim=16)
@@ -63,9 +72,7 @@ def _normal_images(n: int, g: torch.Generator) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def trained_vae() -> ConvVAE:
-    """A small VAE trained for a few seconds on the disc images (one thread: tiny ops, shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """A small VAE trained for a few seconds on the disc images."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     data = _normal_images(256, g)
@@ -79,7 +86,6 @@ def trained_vae() -> ConvVAE:
         loss.backward()
         opt.step()
     opt.zero_grad(set_to_none=True)
-    torch.set_num_threads(threads)
     return model.eval()
 
 
@@ -126,30 +132,18 @@ def _tiny_cfg(root, category="washer", extra=()):
     return compose_cfg(["method=vae_energy", "preset=tiny", *small_synthetic_overrides(root, category), *extra])
 
 
-@pytest.mark.parametrize("category", ["washer", "weave"])
+@pytest.mark.parametrize("category", ["washer", "weave"])  # object, texture (tiled)
 def test_end_to_end_synthetic(category, small_synthetic_root, tmp_path):
     cfg = _tiny_cfg(small_synthetic_root, category, [f"results_dir={tmp_path}"])
     record = run(cfg)
-    assert 0 <= record["metrics"]["pixel_auroc"] <= 1
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0 <= record["metrics"][key] <= 1
     assert record["method_timings"]["epochs_done"] == 2
-    dm = build_datamodule(cfg).setup()
-    ctx = RunContext(seed=0, category=category, is_texture=dm.is_texture, grayscale=dm.grayscale,
-                     image_size=dm.out_size, progress=False)
-    m = VAEEnergy(cfg.method, ctx)
-    m.fit(dm.train_dataloader())
-    pred = m.predict(dm.test_dataloader())
-    n = len(dm.test_samples)
-    assert pred.anomaly_maps.shape == (n, *dm.out_size)
-    rec = m.extra_predictions["reconstruction"]
-    assert rec.anomaly_maps.shape == pred.anomaly_maps.shape
-    assert not np.allclose(rec.anomaly_maps, pred.anomaly_maps)
-    m.cfg.score = "reconstruction"
-    again = m.predict(dm.test_dataloader())
-    np.testing.assert_allclose(again.anomaly_maps, rec.anomaly_maps, atol=1e-6)
-    assert m.extra_predictions == {}
+    if "extra_metrics" in record:  # harness evaluates the plain reconstruction of the same model
+        assert 0 <= record["extra_metrics"]["reconstruction"]["pixel_auroc"] <= 1
 
 
-def test_save_load_round_trip_and_wrong_checkpoint(small_synthetic_root, tmp_path):
+def test_maps_save_load_round_trip_and_wrong_checkpoint(small_synthetic_root, tmp_path):
     cfg = _tiny_cfg(small_synthetic_root, extra=["method.image_score=topk", "method.topk=20"])
     dm = build_datamodule(cfg).setup()
     ctx = RunContext(seed=0, category="washer", grayscale=True, image_size=dm.out_size, progress=False)
@@ -157,12 +151,21 @@ def test_save_load_round_trip_and_wrong_checkpoint(small_synthetic_root, tmp_pat
     assert m.model.in_channels == 1
     m.fit(dm.train_dataloader())
     pred = m.predict(dm.test_dataloader())
+    assert pred.anomaly_maps.shape == (len(dm.test_samples), *dm.out_size)
+    rec = m.extra_predictions["reconstruction"]
+    assert rec.anomaly_maps.shape == pred.anomaly_maps.shape
+    assert not np.allclose(rec.anomaly_maps, pred.anomaly_maps)
+
     m.save(tmp_path / "ck")
     loaded = VAEEnergy.load(tmp_path / "ck", RunContext(seed=0, image_size=dm.out_size, progress=False))
     assert loaded.model.in_channels == 1  # from the checkpoint, not the new context
     again = loaded.predict(dm.test_dataloader())
     np.testing.assert_allclose(again.anomaly_maps, pred.anomaly_maps, atol=1e-6)
     np.testing.assert_allclose(again.image_scores, pred.image_scores, atol=1e-6)
+    loaded.cfg.score = "reconstruction"  # the plain VAE map alone, no projection
+    plain = loaded.predict(dm.test_dataloader())
+    np.testing.assert_allclose(plain.anomaly_maps, rec.anomaly_maps, atol=1e-6)
+    assert loaded.extra_predictions == {}
 
     state = torch.load(tmp_path / "ck" / "vae_energy.pt", weights_only=True)
     state["method"] = "patchcore"
