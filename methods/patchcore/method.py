@@ -24,10 +24,12 @@ from adbench.data.errors import ConfigError
 from adbench.registry import register_method
 from adbench.utils import progress, torch_load
 
-from .coreset import greedy_coreset
+from .coreset import ALGORITHMS, greedy_coreset, project, projection_matrix, select_coreset
 from .model import PatchFeatures
 
 CHECKPOINT_VERSION = 1
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_PROJECT_CHUNK = 65536  # rows per projection matmul, at fixed offsets (same numbers streamed or not)
 
 
 def _use_gpu_faiss(device: torch.device) -> bool:
@@ -45,6 +47,11 @@ class PatchCore:
         ratio = float(cfg.coreset.ratio)
         if not 0 < ratio <= 1:
             raise ConfigError(f"method.coreset.ratio={ratio} must be in (0, 1]")
+        algorithm = str(cfg.coreset.get("algorithm", "auto"))
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"method.coreset.algorithm={algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if str(cfg.get("bank_dtype", "float32")) not in BANK_DTYPES:
+            raise ConfigError(f"method.bank_dtype={cfg.get('bank_dtype')!r}; choose float32 or float16")
         bb = cfg.backbone
         self.layers = list(bb.layers) if bb.get("layers") else default_layers(bb.name)
         self.backbone = build_backbone(bb.name, bb.weights)
@@ -53,6 +60,26 @@ class PatchCore:
         self.bank: torch.Tensor | None = None  # the coreset, [M, D] on CPU
         self.grid: tuple[int, int] | None = None
         self.timings: dict[str, float] = {}
+        self.coreset_stats: dict = {}
+        self._backbone_s = 0.0
+        self._register_backbone_timer()
+
+    def _register_backbone_timer(self) -> None:
+        """Accumulate the seconds spent inside the backbone (the rest of extraction is aggregation and I/O)."""
+        start: list[float] = []
+
+        def pre(_m, _inp):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            start.append(time.perf_counter())
+
+        def post(_m, _inp, _out):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._backbone_s += time.perf_counter() - start.pop()
+
+        self.model.extractor.register_forward_pre_hook(pre)
+        self.model.extractor.register_forward_hook(post)
 
     def _make_model(self) -> PatchFeatures:
         ext = FeatureExtractor(self.backbone, self.layers)
@@ -115,32 +142,92 @@ class PatchCore:
             raise ValueError(f"{desc}: empty loader")
         return {"emb": emb_all[:row], "grid": torch.tensor(self.grid), "input_size": torch.tensor(size)}
 
-    def fit(self, train_loader: DataLoader) -> None:
-        """Extract patch features of all normal images into a preallocated bank, subsample, index."""
-        t0 = time.perf_counter()
-        emb, _, _ = self.embed_all(train_loader, "train", "patchcore: features")  # [N, h*w, D]
-        bank = emb.reshape(-1, emb.shape[-1])  # [N*h*w, D], a view
-        row = bank.shape[0]
-        t1 = time.perf_counter()
-        n_select = max(1, int(round(row * float(self.cfg.coreset.ratio))))
+    def _projection_dim(self, d: int) -> int | None:
         proj = self.cfg.coreset.get("projection_dim")
-        idx = greedy_coreset(bank, n_select, projection_dim=None if (self.cfg.coreset.get("exact") or not proj) else int(proj),
-                             start_points=int(self.cfg.coreset.start_points), seed=self.ctx.seed,
-                             show_progress=self.ctx.progress)
-        self.bank = bank[idx].cpu().contiguous()
-        del bank
-        t2 = time.perf_counter()
-        self._build_index()
-        t3 = time.perf_counter()
-        self.timings.update(extract_s=t1 - t0, coreset_s=t2 - t1, index_s=t3 - t2)
+        if self.cfg.coreset.get("exact") or not proj or int(proj) >= d:
+            return None
+        return int(proj)
 
-    def _build_index(self) -> None:
-        assert self.bank is not None
-        index = faiss.IndexFlatL2(self.bank.shape[1])
+    def _stream_train(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings of all train images streamed into a preallocated bank [N*h*w, D] (``bank_dtype``), and
+        their random projection [N*h*w, d] computed chunk by chunk as rows arrive (None without projection)."""
+        n_images = len(loader.dataset)
+        dtype = BANK_DTYPES[str(self.cfg.get("bank_dtype", "float32"))]
+        feats = proj = weight = None
+        row = done = 0
+        for batch in progress(loader, "patchcore: features", self.ctx.progress, unit="batch"):
+            emb = self.embed(batch["image"])  # [B, h*w, D]
+            flat = emb.reshape(-1, emb.shape[-1])  # [B*h*w, D]
+            if feats is None:
+                n_rows, d = n_images * emb.shape[1], emb.shape[-1]
+                feats = torch.empty(n_rows, d, dtype=dtype, device=self.device)
+                dim = self._projection_dim(d)
+                if dim is not None:
+                    proj = torch.empty(n_rows, dim, dtype=torch.float32, device=self.device)
+                    weight = projection_matrix(d, dim, self.ctx.seed).to(self.device)
+            feats[row : row + len(flat)] = flat
+            row += len(flat)
+            while proj is not None and row - done >= _PROJECT_CHUNK:
+                torch.matmul(feats[done : done + _PROJECT_CHUNK].float(), weight, out=proj[done : done + _PROJECT_CHUNK])
+                done += _PROJECT_CHUNK
+        if feats is None:
+            raise ValueError("patchcore: empty training loader")
+        if proj is not None and done < row:
+            torch.matmul(feats[done:row].float(), weight, out=proj[done:row])
+        return feats[:row], (proj[:row] if proj is not None else None)
+
+    def fit(self, train_loader: DataLoader) -> None:
+        """Stream patch features of all normal images into a preallocated bank (projected on the way),
+        select the greedy coreset, index it."""
+        t0 = time.perf_counter()
+        self._backbone_s = 0.0
+        if self._cache_parts(train_loader, "train") is not None:
+            emb, _, _ = self.embed_all(train_loader, "train", "patchcore: features")  # [N, h*w, D]
+            feats = emb.reshape(-1, emb.shape[-1]).to(BANK_DTYPES[str(self.cfg.get("bank_dtype", "float32"))])
+            del emb
+            dim = self._projection_dim(feats.shape[1])
+            proj = project(feats, dim, self.ctx.seed, chunk=_PROJECT_CHUNK) if dim is not None else None
+        else:
+            feats, proj = self._stream_train(train_loader)  # [N*h*w, D], [N*h*w, d]
+        t1 = time.perf_counter()
+        n_rows = feats.shape[0]
+        n_select = max(1, int(round(n_rows * float(self.cfg.coreset.ratio))))
+        idx = self._select(feats if proj is None else proj, n_select)
+        del proj
+        bank = feats[torch.as_tensor(idx, device=feats.device)].float().cpu().contiguous()  # [M, D]
+        del feats
+        t2 = time.perf_counter()
+        self._build_index(bank)
+        t3 = time.perf_counter()
+        self.timings.update(extract_s=t1 - t0, backbone_s=self._backbone_s, coreset_s=t2 - t1, index_s=t3 - t2,
+                            n_patches=float(n_rows), n_selected=float(n_select))
+
+    def _select(self, bank: torch.Tensor, n_select: int) -> np.ndarray:
+        """Greedy coreset indices on the (projected) bank: CPU kernels, or the plain loop on a GPU."""
+        algorithm = str(self.cfg.coreset.get("algorithm", "auto"))
+        start, seed = int(self.cfg.coreset.start_points), self.ctx.seed
+        self.coreset_stats = {}
+        if bank.device.type != "cpu":
+            idx = greedy_coreset(bank, n_select, projection_dim=None, start_points=start, seed=seed,
+                                 show_progress=self.ctx.progress, algorithm=algorithm, stats=self.coreset_stats)
+            return idx.cpu().numpy()
+        arr = bank.numpy() if bank.dtype == torch.float32 else bank.float().numpy()
+        return select_coreset(arr, n_select, start, seed, self.ctx.progress, algorithm, self.coreset_stats)
+
+    def _build_index(self, bank: torch.Tensor | None = None) -> None:
+        """Exact L2 index of the memory bank; on CPU ``self.bank`` is a view of the index's own storage."""
+        bank = self.bank if bank is None else bank
+        assert bank is not None
+        m, d = bank.shape
+        index = faiss.IndexFlatL2(d)
         if _use_gpu_faiss(self.device):
             self._gpu_res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, index)
-        index.add(self.bank.numpy())
+            index.add(bank.numpy())
+            self.bank = bank
+        else:
+            index.add(bank.numpy())
+            self.bank = torch.from_numpy(faiss.rev_swig_ptr(index.get_xb(), m * d).reshape(m, d))  # no second copy
         self.index = index
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,9 +334,5 @@ class PatchCore:
         self.backbone.load_state_dict(state["backbone"])
         self.layers = list(state["layers"])
         self.grid = tuple(state["grid"]) or None
-        self.bank = state["bank"].float().contiguous()
-        self.index = faiss.read_index(str(Path(directory) / "index.faiss"))
-        if _use_gpu_faiss(self.device):
-            self._gpu_res = faiss.StandardGpuResources()
-            self.index = faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, self.index)
+        self._build_index(state["bank"].float().contiguous())
         return self
