@@ -97,7 +97,7 @@ def test_python_api_path_pil_tensor_agree(patchcore_checkpoint, small_synthetic_
     assert r_path.anomalous == (r_path.score > det.threshold)
     pil = Image.open(img_path)
     r_pil = det.predict(pil)
-    x = torch.from_numpy(np.asarray(pil.convert("RGB"))).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
+    x = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
     r_t = det.predict(x)
     batch = det.predict(torch.stack([x, x]))  # [B, 3, H, W] -> a list
     assert r_pil.score == pytest.approx(r_path.score, rel=1e-6)
