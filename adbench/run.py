@@ -182,6 +182,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(out_path, record)
     record["path"] = str(out_path)
     title = f"{method_name} on {cfg.dataset.name}/{cfg.category} (seed {cfg.seed})"
+    if not has_masks:
+        title += ": image metrics only (no masks)"
     print(format_metrics(metrics, title))
     for key, em in extra_metrics.items():
         print(format_metrics({k: v for k, v in em.items() if not k.startswith("auroc_")}, f"  {key} (same model)"))
