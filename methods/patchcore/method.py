@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -13,6 +14,8 @@ import faiss  # noqa: E402
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from omegaconf import DictConfig, OmegaConf
 from scipy import ndimage
 from torch.utils.data import DataLoader
@@ -30,6 +33,21 @@ from .model import PatchFeatures
 CHECKPOINT_VERSION = 1
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _PROJECT_CHUNK = 65536  # rows per projection matmul, at fixed offsets (same numbers streamed or not)
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` into the convolution
+    (inference only; about 2x faster MobileNetV2 features on CPU). Modifies and returns ``model``."""
+    for mod in model.modules():
+        if not isinstance(mod, nn.Sequential):
+            continue
+        names = list(mod._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = mod._modules[a], mod._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                mod._modules[a] = fuse_conv_bn_eval(conv, bn)
+                mod._modules[b] = nn.Identity()
+    return model
 
 
 def _use_gpu_faiss(device: torch.device) -> bool:
@@ -82,7 +100,10 @@ class PatchCore:
         self.model.extractor.register_forward_hook(post)
 
     def _make_model(self) -> PatchFeatures:
-        ext = FeatureExtractor(self.backbone, self.layers)
+        backbone = self.backbone
+        if self.cfg.get("fuse_bn", True):  # inference copy with batch norms folded into the convolutions
+            backbone = fuse_conv_bn(copy.deepcopy(self.backbone).eval())
+        ext = FeatureExtractor(backbone, self.layers)
         model = PatchFeatures(ext, int(self.cfg.layer_dim), int(self.cfg.embed_dim), int(self.cfg.patch_size))
         model = model.to(self.device).eval()
         if self.cfg.get("channels_last", True):
@@ -332,6 +353,8 @@ class PatchCore:
         cfg.backbone.weights = "none"
         self = cls(cfg, ctx)
         self.backbone.load_state_dict(state["backbone"])
+        self.model = self._make_model()  # the inference copy from the loaded weights
+        self._register_backbone_timer()
         self.layers = list(state["layers"])
         self.grid = tuple(state["grid"]) or None
         self._build_index(state["bank"].float().contiguous())
