@@ -30,8 +30,9 @@ test: ## the test suite (what CI runs), slow tests excluded
 test-slow: ## only the slow tests (minutes of training each)
 	$(PY) -m pytest -q -m slow
 
-bench: ## performance benchmark of PatchCore (prints a table, writes results/bench.json)
-	@echo "not yet: make bench arrives with the performance issue"
+bench: ## performance benchmark of PatchCore (prints a table, writes results/bench.json; PEER=anomalib SIZES=200,1000,3000)
+	$(PY) -m adbench.bench --data $(if $(wildcard $(SHARED)/data/mvtec_ad),$(SHARED)/data/mvtec_ad,$(DATA)) \
+		$(if $(SIZES),--sizes "$(SIZES)") $(if $(PEER),--peer $(PEER)) $(if $(PEER_PYTHON),--peer-python $(PEER_PYTHON)) $(BENCH_ARGS)
 
 table1: ## run the paper-table sweeps, write RESULTS/table1.{md,csv} and report.html (PRESET=paper|cpu DATA=DIR RESULTS=DIR)
 	$(PY) -m adbench.table1 --preset $(PRESET) --data $(DATA) --results $(RESULTS)
