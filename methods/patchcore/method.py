@@ -117,10 +117,15 @@ class PatchCore:
         if self.cfg.get("channels_last", True):
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self.device.type == "cuda" and self.cfg.get("amp", True)
+        # CPU: a few images at a time keep the activations in cache and the peak memory low
+        step = int(self.cfg.get("embed_batch", 16 if self.device.type == "cpu" else 0) or len(x))
+        parts = []
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
-            emb, grid = self.model(x)
+            for chunk in x.split(step):
+                emb, grid = self.model(chunk)  # [b, h*w, D]
+                parts.append(emb.float())
         self.grid = grid
-        return emb.float()
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _cache_parts(self, loader: DataLoader, split: str) -> dict | None:
         """What the embeddings of ``loader`` depend on; None when the files cannot be listed (no caching)."""
