@@ -220,3 +220,61 @@ def test_coreset_algorithm_option_errors():
     x = torch.randn(50, 8)
     with pytest.raises(ValueError, match="coreset algorithm"):
         greedy_coreset(x, 5, algorithm="fastest", show_progress=False)
+
+
+def test_patchcore_options_stream_dtype_algorithm(small_synthetic_root):
+    """Streamed fit: plain and accelerated coresets keep the same memory bank; a float16 bank scores alike;
+    bad option values name the option."""
+    from omegaconf import open_dict
+
+    from adbench.api import RunContext
+    from adbench.data.errors import ConfigError
+    from adbench.data.synthetic import SyntheticDataModule
+    from methods.patchcore.method import PatchCore
+
+    dm = SyntheticDataModule(root=small_synthetic_root, category="washer", image_size=64, crop_size=None,
+                             batch_size=8, num_workers=0, n_train=12, n_test_good=6, n_per_defect=3,
+                             synth_size=128).setup()
+    cfg = compose_cfg(["preset=tiny"]).method
+
+    def make(**opts):
+        c = cfg.copy()
+        with open_dict(c):
+            for k, v in opts.items():
+                if k == "algorithm":
+                    c.coreset.algorithm = v
+                else:
+                    c[k] = v
+        torch.manual_seed(0)  # the same random-init backbone for every variant
+        return PatchCore(c, RunContext(progress=False))
+
+    models = {name: make(**opts) for name, opts in {"plain": {"algorithm": "plain"}, "fast": {"algorithm": "accelerated"},
+                                                     "half": {"bank_dtype": "float16"}}.items()}
+    for m in models.values():
+        m.fit(dm.train_dataloader())
+    assert torch.equal(models["plain"].bank, models["fast"].bank)
+    assert models["fast"].timings["backbone_s"] > 0 and models["fast"].coreset_stats["algorithm"] == "accelerated"
+    s32 = models["fast"].predict(dm.test_dataloader()).image_scores
+    s16 = models["half"].predict(dm.test_dataloader()).image_scores
+    assert np.allclose(s16, s32, rtol=0.02, atol=0.02)
+    with pytest.raises(ConfigError, match="method.coreset.algorithm"):
+        make(algorithm="fastest")
+    with pytest.raises(ConfigError, match="method.bank_dtype"):
+        make(bank_dtype="int8")
+
+
+def test_bench_table_and_bandwidth(capsys):
+    from adbench.bench import measure_bandwidth, print_tables
+
+    assert measure_bandwidth(gib=0.05, repeats=2) > 0.1
+    run_row = {"label": "ours x", "n_train": 10, "n_patches": 100, "extract_s": 1.0, "images_per_s": 10.0,
+               "backbone_s": 0.5, "coreset_s": 0.2, "selections_per_s": 50.0, "index_s": 0.01, "search_s": 0.3,
+               "postprocess_s": 0.1, "evaluate_s": 0.1, "total_s": 2.0, "peak_rss_mb": 900.0,
+               "metrics": {"image_auroc": 1.0, "pixel_auroc": 0.9, "aupro": 0.8}}
+    coreset = {"n_points": 100, "dim": 128, "bank_mb": 0.05, "n_select": 10, "plain_ms_per_selection": 1.0,
+               "bound_ms_per_selection": 0.5, "bandwidth_gb_s": 20.0, "plain_projected_full_s": 0.01,
+               "accelerated_ms_per_selection": 0.2, "accelerated_s": 0.002, "accelerated_full_passes": 3.0,
+               "same_prefix": True}
+    print_tables({"machine": {"cpus": 2, "threads": 2, "bandwidth_gb_s": 20.0}, "runs": [run_row], "coreset": coreset})
+    out = capsys.readouterr().out
+    assert "ours x" in out and "bandwidth bound 0.50 ms/selection" in out and "2.00x" in out
