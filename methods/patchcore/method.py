@@ -234,6 +234,8 @@ class PatchCore:
         start, seed = int(self.cfg.coreset.start_points), self.ctx.seed
         self.coreset_stats = {}
         if bank.device.type != "cpu":
+            if algorithm == "accelerated":
+                raise ConfigError("method.coreset.algorithm=accelerated runs on CPU; use auto or plain on a GPU")
             idx = greedy_coreset(bank, n_select, projection_dim=None, start_points=start, seed=seed,
                                  show_progress=self.ctx.progress, algorithm=algorithm, stats=self.coreset_stats)
             return idx.cpu().numpy()
