@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -82,12 +83,14 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def train_cutpaste(model: CutPasteNet, images: torch.Tensor, cfg: TrainConfig, *, seed: int, salt: int,
                    device: torch.device, frozen_bn: list[str], checkpoint: Path | None = None,
-                   fingerprint: str = "", desc: str = "cutpaste: train", show_progress: bool = True) -> list[dict]:
+                   fingerprint: str = "", desc: str = "cutpaste: train", show_progress: bool = True,
+                   on_step: Callable[[int], None] | None = None) -> list[dict]:
     """Train ``model`` in place on normal ``images`` [N, 3, H, W] (ImageNet-normalised, CPU) to tell the
     original from its CutPaste / scar views. Returns the logged history ``[{step, loss, acc, lr}]``.
 
     With ``checkpoint`` set, the state is written there every ``cfg.checkpoint_every`` steps and at the end;
-    an existing checkpoint with the same ``fingerprint`` is resumed when ``cfg.resume``.
+    an existing checkpoint with the same ``fingerprint`` is resumed when ``cfg.resume``. ``on_step(steps_done)``
+    is called after every step (e.g. for evaluation during development).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -146,6 +149,8 @@ def train_cutpaste(model: CutPasteNet, images: torch.Tensor, cfg: TrainConfig, *
             log.info("%s: step %d/%d loss %.4f acc %.3f", desc, step + 1, cfg.steps, loss.item(), acc)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             save(step + 1)
+        if on_step is not None:
+            on_step(step + 1)
     save(cfg.steps)
     model.eval()
     return history
