@@ -41,7 +41,7 @@ ARCHITECTURES: dict[str, MAEArch] = {
     "mae_vit_base_patch7": MAEArch(7, 768, 12, 12, 512, 8, 16),
     # ViT-B/16 at MAE's own patch size (14x14 grid at 224 px)
     "mae_vit_base_patch16": MAEArch(16, 768, 12, 12, 512, 8, 16),
-    # a small CPU model: 6 narrow blocks, 2-block decoder, 8-px patches (16x16 grid at 128 px)
+    # a small CPU model: 6 narrow blocks, 2-block decoder, 8-px patches (8x8 grid at the cpu preset's 64 px)
     "mae_vit_cpu_patch8": MAEArch(8, 192, 6, 3, 128, 2, 4),
 }
 

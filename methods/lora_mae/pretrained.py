@@ -54,6 +54,7 @@ def timm_state_dict(name: str) -> dict[str, torch.Tensor]:
     """State dict of timm model ``name`` with pretrained weights (timm's normal hub download and cache)."""
     import timm
 
+    name = name.removeprefix("timm/")  # adbench's backbone spelling
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0)
     except RuntimeError as err:
@@ -90,7 +91,8 @@ def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def get_state_dict(spec: str) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, source description) for ``method.pretrained``: a path if it exists, else a timm name."""
     path = Path(str(spec)).expanduser()
-    looks_like_path = path.suffix in (".pth", ".pt", ".bin", ".ckpt") or "/" in str(spec)
+    hub_name = str(spec).startswith(("hf-hub:", "hf_hub:", "timm/"))
+    looks_like_path = not hub_name and (path.suffix in (".pth", ".pt", ".bin", ".ckpt") or "/" in str(spec))
     if path.is_file() or looks_like_path:
         return file_state_dict(path), f"file {path}"
     return timm_state_dict(str(spec)), f"timm {spec}"
