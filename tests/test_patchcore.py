@@ -249,10 +249,12 @@ def test_patchcore_options_stream_dtype_algorithm(small_synthetic_root):
         return PatchCore(c, RunContext(progress=False))
 
     models = {name: make(**opts) for name, opts in {"plain": {"algorithm": "plain"}, "fast": {"algorithm": "accelerated"},
-                                                     "half": {"bank_dtype": "float16"}}.items()}
+                                                     "half": {"bank_dtype": "float16"},
+                                                     "disk": {"bank_storage": "disk"}}.items()}
     for m in models.values():
         m.fit(dm.train_dataloader())
     assert torch.equal(models["plain"].bank, models["fast"].bank)
+    assert torch.equal(models["disk"].bank, models["fast"].bank)  # features on disk: the same memory bank
     assert models["fast"].timings["backbone_s"] > 0 and models["fast"].coreset_stats["algorithm"] == "accelerated"
     s32 = models["fast"].predict(dm.test_dataloader()).image_scores
     s16 = models["half"].predict(dm.test_dataloader()).image_scores
@@ -261,6 +263,8 @@ def test_patchcore_options_stream_dtype_algorithm(small_synthetic_root):
         make(algorithm="fastest")
     with pytest.raises(ConfigError, match="method.bank_dtype"):
         make(bank_dtype="int8")
+    with pytest.raises(ConfigError, match="method.bank_storage"):
+        make(bank_storage="cloud")
 
 
 def test_bench_table_and_bandwidth(capsys):

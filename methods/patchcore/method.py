@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import tempfile
 import logging
 import time
 from pathlib import Path
@@ -32,7 +34,7 @@ from .model import PatchFeatures
 
 CHECKPOINT_VERSION = 1
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-_PROJECT_CHUNK = 65536  # rows per projection matmul, at fixed offsets (same numbers streamed or not)
+_PROJECT_CHUNK = 16384  # rows per projection matmul, at fixed offsets (same numbers streamed or not)
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
@@ -48,6 +50,35 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
                 mod._modules[a] = fuse_conv_bn_eval(conv, bn)
                 mod._modules[b] = nn.Identity()
     return model
+
+
+class _DiskBank:
+    """Train features appended to an unlinked temporary file (page cache, not this process's memory);
+    ``rows(idx)`` reads back the selected rows."""
+
+    def __init__(self, d: int, dtype: torch.dtype, folder: Path | None) -> None:
+        self.d, self.dtype = d, dtype
+        self.np_dtype = np.float16 if dtype == torch.float16 else np.float32
+        self.row_bytes = d * np.dtype(self.np_dtype).itemsize
+        self.file = tempfile.TemporaryFile(dir=folder if folder and Path(folder).is_dir() else None)
+        self.n = 0
+
+    def append(self, rows: torch.Tensor) -> None:
+        self.file.write(rows.cpu().numpy().astype(self.np_dtype, copy=False).tobytes())
+        self.n += len(rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, self.d
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        self.file.flush()
+        fd = self.file.fileno()
+        out = np.empty((len(idx), self.d), dtype=self.np_dtype)
+        for i, j in enumerate(np.asarray(idx).tolist()):
+            out[i] = np.frombuffer(os.pread(fd, self.row_bytes, j * self.row_bytes), dtype=self.np_dtype)
+        self.file.close()
+        return torch.from_numpy(out)
 
 
 def _use_gpu_faiss(device: torch.device) -> bool:
@@ -68,6 +99,10 @@ class PatchCore:
         algorithm = str(cfg.coreset.get("algorithm", "auto"))
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"method.coreset.algorithm={algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if str(cfg.get("bank_storage", "memory")) not in ("memory", "disk"):
+            raise ConfigError(f"method.bank_storage={cfg.get('bank_storage')!r}; choose memory or disk")
+        if str(cfg.get("bank_storage", "memory")) == "disk" and (cfg.coreset.get("exact") or not cfg.coreset.get("projection_dim")):
+            raise ConfigError("method.bank_storage=disk needs the projected coreset (method.coreset.projection_dim, exact=false)")
         if str(cfg.get("bank_dtype", "float32")) not in BANK_DTYPES:
             raise ConfigError(f"method.bank_dtype={cfg.get('bank_dtype')!r}; choose float32 or float16")
         bb = cfg.backbone
@@ -118,7 +153,7 @@ class PatchCore:
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self.device.type == "cuda" and self.cfg.get("amp", True)
         # CPU: a few images at a time keep the activations in cache and the peak memory low
-        step = int(self.cfg.get("embed_batch", 16 if self.device.type == "cpu" else 0) or len(x))
+        step = int(self.cfg.get("embed_batch", 4 if self.device.type == "cpu" else 0) or len(x))
         parts = []
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
             for chunk in x.split(step):
@@ -174,33 +209,49 @@ class PatchCore:
             return None
         return int(proj)
 
-    def _stream_train(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embeddings of all train images streamed into a preallocated bank [N*h*w, D] (``bank_dtype``), and
-        their random projection [N*h*w, d] computed chunk by chunk as rows arrive (None without projection)."""
+    def _stream_train(self, loader: DataLoader) -> tuple[torch.Tensor | "_DiskBank", torch.Tensor | None]:
+        """Embeddings of all train images streamed into a preallocated bank [N*h*w, D] (``bank_dtype``; with
+        ``bank_storage=disk`` an unlinked temporary file instead), and their random projection [N*h*w, d]
+        computed in fixed chunks of rows as they arrive (None without projection)."""
         n_images = len(loader.dataset)
         dtype = BANK_DTYPES[str(self.cfg.get("bank_dtype", "float32"))]
+        on_disk = str(self.cfg.get("bank_storage", "memory")) == "disk"
         feats = proj = weight = None
+        pending: list[torch.Tensor] = []  # rows not yet projected (bank dtype)
         row = done = 0
         for batch in progress(loader, "patchcore: features", self.ctx.progress, unit="batch"):
             emb = self.embed(batch["image"])  # [B, h*w, D]
-            flat = emb.reshape(-1, emb.shape[-1])  # [B*h*w, D]
+            flat = emb.reshape(-1, emb.shape[-1]).to(dtype)  # [B*h*w, D]
             if feats is None:
                 n_rows, d = n_images * emb.shape[1], emb.shape[-1]
-                feats = torch.empty(n_rows, d, dtype=dtype, device=self.device)
+                feats = _DiskBank(d, dtype, self.ctx.work_dir) if on_disk else torch.empty(n_rows, d, dtype=dtype, device=self.device)
                 dim = self._projection_dim(d)
                 if dim is not None:
                     proj = torch.empty(n_rows, dim, dtype=torch.float32, device=self.device)
                     weight = projection_matrix(d, dim, self.ctx.seed).to(self.device)
-            feats[row : row + len(flat)] = flat
+            if on_disk:
+                feats.append(flat)
+                pending.append(flat)
+            else:
+                feats[row : row + len(flat)] = flat
             row += len(flat)
             while proj is not None and row - done >= _PROJECT_CHUNK:
-                torch.matmul(feats[done : done + _PROJECT_CHUNK].float(), weight, out=proj[done : done + _PROJECT_CHUNK])
+                chunk = self._take_pending(pending, _PROJECT_CHUNK) if on_disk else feats[done : done + _PROJECT_CHUNK]
+                torch.matmul(chunk.float(), weight, out=proj[done : done + _PROJECT_CHUNK])
                 done += _PROJECT_CHUNK
         if feats is None:
             raise ValueError("patchcore: empty training loader")
         if proj is not None and done < row:
-            torch.matmul(feats[done:row].float(), weight, out=proj[done:row])
-        return feats[:row], (proj[:row] if proj is not None else None)
+            chunk = self._take_pending(pending, row - done) if on_disk else feats[done:row]
+            torch.matmul(chunk.float(), weight, out=proj[done:row])
+        return (feats if on_disk else feats[:row]), (proj[:row] if proj is not None else None)
+
+    @staticmethod
+    def _take_pending(pending: list[torch.Tensor], n: int) -> torch.Tensor:
+        """The first ``n`` pending rows (removed from ``pending``)."""
+        rows = torch.cat(pending) if len(pending) > 1 else pending[0]
+        pending[:] = [rows[n:]] if len(rows) > n else []
+        return rows[:n]
 
     def fit(self, train_loader: DataLoader) -> None:
         """Stream patch features of all normal images into a preallocated bank (projected on the way),
@@ -220,7 +271,10 @@ class PatchCore:
         n_select = max(1, int(round(n_rows * float(self.cfg.coreset.ratio))))
         idx = self._select(feats if proj is None else proj, n_select)
         del proj
-        bank = feats[torch.as_tensor(idx, device=feats.device)].float().cpu().contiguous()  # [M, D]
+        if isinstance(feats, _DiskBank):
+            bank = feats.rows(idx).float()
+        else:
+            bank = feats[torch.as_tensor(idx, device=feats.device)].float().cpu().contiguous()  # [M, D]
         del feats
         t2 = time.perf_counter()
         self._build_index(bank)
