@@ -45,6 +45,7 @@ def _method_cfg(case: dict) -> Any:
         cfg.reweight_neighbours = int(case.get("neighbours", 9))
         cfg.num_nn = 1
         cfg.bank_dtype = case.get("bank_dtype", "float32")
+        cfg.bank_storage = case.get("bank_storage", "memory")
     return cfg
 
 
@@ -108,7 +109,8 @@ def run_ours(case: dict) -> dict:
         "images_per_s": n_train / tm["extract_s"], "selections_per_s": tm["n_selected"] / tm["coreset_s"],
         "coreset_stats": method.coreset_stats, "peak_rss_mb": peak_rss_mb(),
         "metrics": {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
-        "bank_dtype": case.get("bank_dtype", "float32"), "ratio": case["ratio"],
+        "bank_dtype": case.get("bank_dtype", "float32"), "bank_storage": case.get("bank_storage", "memory"),
+        "ratio": case["ratio"],
         "threads": torch.get_num_threads(), "load_avg": [load0, os.getloadavg()[0]],
     }
 
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--large-ratio", type=float, default=None, help="coreset ratio for synthetic sizes >= 2000")
     ap.add_argument("--bank-dtype", default="float32", choices=["float32", "float16"])
+    ap.add_argument("--bank-storage", default="memory", choices=["memory", "disk"])
     ap.add_argument("--peer", default="none", choices=["none", "anomalib"])
     ap.add_argument("--peer-python", default="/tmp/anomalib-venv/bin/python")
     ap.add_argument("--plain-steps", type=int, default=300)
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         r["label"] = label
         return r
 
-    real = dict(dataset="mvtec", root=args.data, category=args.category, ratio=args.ratio, bank_dtype=args.bank_dtype)
+    real = dict(dataset="mvtec", root=args.data, category=args.category, ratio=args.ratio, bank_dtype=args.bank_dtype,
+                bank_storage=args.bank_storage)
     if not args.skip_real:
         result["runs"].append(case_run(dict(real, kind="ours"), f"ours mvtec/{args.category}"))
         result["coreset"] = case_run(dict(real, kind="coreset", plain_steps=args.plain_steps,
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
         ratio = args.large_ratio if (args.large_ratio and size >= 2000) else args.ratio
         case = dict(kind="ours", dataset="synthetic", root=args.synthetic_root, category="washer", n_train=size,
-                    ratio=ratio, bank_dtype=args.bank_dtype)
+                    ratio=ratio, bank_dtype=args.bank_dtype, bank_storage=args.bank_storage)
         result["runs"].append(case_run(case, f"ours synthetic/{size}" + (f" r={ratio}" if ratio != args.ratio else "")))
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     result["machine"]["load_avg_end"] = os.getloadavg()[0]
