@@ -191,8 +191,8 @@ def test_training_resume_matches_uninterrupted(small_synthetic_root, tmp_path):
 
     straight = fitted(cfg3, tmp_path / "a")
     fitted(_tiny_cfg(small_synthetic_root, extra=[*base, "method.train.epochs=2"]), tmp_path / "b")
-    resumed = fitted(_tiny_cfg(small_synthetic_root, extra=[*base, "method.train.epochs=3", "method.train.resume=true"]),
-                     tmp_path / "b")
+    resume = [*base, "method.train.epochs=3", "method.train.resume=true"]
+    resumed = fitted(_tiny_cfg(small_synthetic_root, extra=resume), tmp_path / "b")
     assert len(resumed.history) == 3
     np.testing.assert_allclose(resumed.history, straight.history, rtol=1e-5)
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):

@@ -41,9 +41,11 @@ def _check_config(cfg: DictConfig) -> None:
 
     need(cfg.loss in RECON_LOSSES, f"method.loss={cfg.loss!r} is not one of {', '.join(RECON_LOSSES)}")
     ploss = cfg.projection.get("loss")
-    need(ploss is None or ploss in RECON_LOSSES, f"method.projection.loss={ploss!r}: null or one of {', '.join(RECON_LOSSES)}")
+    need(ploss is None or ploss in RECON_LOSSES,
+         f"method.projection.loss={ploss!r}: null or one of {', '.join(RECON_LOSSES)}")
     need(cfg.score in SCORES, f"method.score={cfg.score!r} is not one of {', '.join(SCORES)}")
-    need(cfg.image_score in IMAGE_SCORES, f"method.image_score={cfg.image_score!r} is not one of {', '.join(IMAGE_SCORES)}")
+    need(cfg.image_score in IMAGE_SCORES,
+         f"method.image_score={cfg.image_score!r} is not one of {', '.join(IMAGE_SCORES)}")
     need(cfg.train.flips in FLIPS, f"method.train.flips={cfg.train.flips!r} is not one of {', '.join(FLIPS)}")
     n = len(cfg.channels)
     need(n >= 1 and int(cfg.input_size) % 2**n == 0,
@@ -58,7 +60,8 @@ def _check_config(cfg: DictConfig) -> None:
     need(int(cfg.topk) >= 1, f"method.topk={cfg.topk} must be >= 1")
     r, s, st = int(cfg.texture.resize), int(cfg.input_size), int(cfg.texture.stride)
     need(r >= s and st >= 1 and (r - s) % st == 0,
-         f"method.texture.resize={r} must be tiled exactly by crops of method.input_size={s} at method.texture.stride={st}")
+         f"method.texture.resize={r} must be tiled exactly by crops of method.input_size={s} "
+         f"at method.texture.stride={st}")
 
 
 @register_method("vae_energy")
@@ -128,7 +131,8 @@ class VAEEnergy:
     # ---- training -------------------------------------------------------------------------------------------
     def _train_state_path(self) -> Path:
         if self.ctx.work_dir is None:
-            raise ConfigError("method.train.checkpoint_every / method.train.resume need a run work_dir (run through adbench)")
+            raise ConfigError("method.train.checkpoint_every / method.train.resume need a run work_dir "
+                              "(run through adbench)")
         return Path(self.ctx.work_dir) / "vae_energy_train.pt"
 
     def fit(self, train_loader: DataLoader) -> None:
@@ -157,7 +161,8 @@ class VAEEnergy:
         bar = progress(range(start, int(tc.epochs)), "vae_energy: train", self.ctx.progress, unit="epoch")
         for epoch in bar:
             if time.perf_counter() - t1 + epoch_s > max_s:
-                log.warning("vae_energy: stopping after %d epochs, method.train.max_minutes=%s reached", epoch, tc.max_minutes)
+                log.warning("vae_energy: stopping after %d epochs, method.train.max_minutes=%s reached",
+                            epoch, tc.max_minutes)
                 break
             te = time.perf_counter()
             perm = torch.randperm(n, generator=g)
@@ -280,7 +285,8 @@ class VAEEnergy:
         if state.get("method") != "vae_energy":
             raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not 'vae_energy'")
         if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {CHECKPOINT_VERSION}")
+            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, "
+                              f"this adbench reads {CHECKPOINT_VERSION}")
         cfg = OmegaConf.create(json.loads(state["config"]))
         ctx = dataclasses.replace(ctx, grayscale=bool(state["grayscale"]), is_texture=bool(state["is_texture"]))
         self = cls(cfg, ctx)
