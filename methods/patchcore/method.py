@@ -153,7 +153,7 @@ class PatchCore:
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self.device.type == "cuda" and self.cfg.get("amp", True)
         # CPU: a few images at a time keep the activations in cache and the peak memory low
-        step = int(self.cfg.get("embed_batch", 4 if self.device.type == "cpu" else 0) or len(x))
+        step = int(self.cfg.get("embed_batch", 16 if self.device.type == "cpu" else 0) or len(x))
         parts = []
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
             for chunk in x.split(step):
