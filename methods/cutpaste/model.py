@@ -15,7 +15,8 @@ def strip_classifier(model: nn.Module) -> nn.Module:
     """Turn an ImageNet classifier into a pooled-feature extractor [B, 3, H, W] -> [B, D] (in place).
 
     timm models drop their head with ``reset_classifier(0)``; for torchvision models the last ``nn.Linear``
-    becomes an identity, together with its ``nn.Sequential`` parent (e.g. MobileNetV2's dropout + linear).
+    becomes an identity, together with its ``nn.Sequential`` parent when that holds only dropout besides
+    (e.g. MobileNetV2's dropout + linear).
     """
     if hasattr(model, "reset_classifier"):
         model.reset_classifier(0)
@@ -23,15 +24,14 @@ def strip_classifier(model: nn.Module) -> nn.Module:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         raise ConfigError(f"backbone {type(model).__name__} has no linear classifier to replace")
-    path = names[-1].split(".")
-    if len(path) > 1:
-        parent_path, leaf = path[:-2], path[-2]
-        parent = model.get_submodule(".".join(parent_path)) if parent_path else model
-        if isinstance(getattr(parent, leaf), nn.Sequential):
-            setattr(parent, leaf, nn.Identity())
-            return model
-    parent = model.get_submodule(".".join(path[:-1])) if len(path) > 1 else model
-    setattr(parent, path[-1], nn.Identity())
+    target = names[-1]
+    parent_name = target.rpartition(".")[0]
+    if parent_name:
+        parent = model.get_submodule(parent_name)
+        if isinstance(parent, nn.Sequential) and all(isinstance(m, (nn.Linear, nn.Dropout)) for m in parent):
+            target = parent_name
+    owner, _, leaf = target.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, leaf, nn.Identity())
     return model
 
 
