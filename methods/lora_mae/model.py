@@ -35,9 +35,9 @@ class MAEArch:
 
 # The model is built for the data's input size; the comments give the size each was designed for.
 ARCHITECTURES: dict[str, MAEArch] = {
-    # ViT-L/7 encoder (MAE ViT-L/16 weights fit after re-initialising the patch embedding): GPU default
+    # ViT-L/7 at 224 px (32x32 grid); MAE ViT-L/16 weights fit after re-initialising the patch embedding: GPU default
     "mae_vit_large_patch7": MAEArch(7, 1024, 24, 16, 512, 8, 16),
-    # ViT-B/7 encoder, MAE ViT-B/16 weights fit the same way
+    # ViT-B/7 at 224 px (32x32 grid); MAE ViT-B/16 weights fit the same way
     "mae_vit_base_patch7": MAEArch(7, 768, 12, 12, 512, 8, 16),
     # ViT-B/16 at MAE's own patch size (14x14 grid at 224 px)
     "mae_vit_base_patch16": MAEArch(16, 768, 12, 12, 512, 8, 16),
