@@ -36,8 +36,10 @@ def _method_cfg(case: dict) -> Any:
     from omegaconf import OmegaConf, open_dict
 
     cfg = OmegaConf.load(REPO / "conf" / "method" / "patchcore.yaml")
+    cfg = OmegaConf.merge(cfg, OmegaConf.load(REPO / "conf" / "method_preset" / "patchcore_cpu.yaml").method)  # preset=cpu
     with open_dict(cfg):
-        cfg.backbone.name = "mobilenet_v2"
+        if case.get("embed_dim"):  # e.g. 1024: the paper's widths (WRN-50-sized features)
+            cfg.layer_dim = cfg.embed_dim = int(case["embed_dim"])
         cfg.backbone.weights = case.get("weights", "imagenet")
         cfg.coreset.ratio = float(case["ratio"])
         cfg.coreset.algorithm = case.get("algorithm", "auto")
@@ -110,7 +112,7 @@ def run_ours(case: dict) -> dict:
         "coreset_stats": method.coreset_stats, "peak_rss_mb": peak_rss_mb(),
         "metrics": {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
         "bank_dtype": case.get("bank_dtype", "float32"), "bank_storage": case.get("bank_storage", "memory"),
-        "ratio": case["ratio"],
+        "ratio": case["ratio"], "embed_dim": int(method.cfg.embed_dim),
         "threads": torch.get_num_threads(), "load_avg": [load0, os.getloadavg()[0]],
     }
 
@@ -127,9 +129,9 @@ def run_coreset(case: dict) -> dict:
 
     dm = _datamodule(case)
     method = PatchCore(_method_cfg(case), RunContext(device=torch.device("cpu"), progress=False))
-    _, proj = method._stream_train(dm.train_dataloader())
-    bank = np.ascontiguousarray(proj.numpy())
-    del proj
+    feats, proj = method._stream_train(dm.train_dataloader())  # proj None: the features are the coreset's input
+    bank = np.ascontiguousarray((feats if proj is None else proj).float().numpy())
+    del feats, proj
     n_select = int(round(len(bank) * float(case["ratio"])))
     bandwidth = measure_bandwidth()
     steps = min(int(case.get("plain_steps", 300)), n_select)
@@ -212,7 +214,7 @@ def print_tables(result: dict) -> None:
     rows = result["runs"]
     print(f"\nPatchCore benchmark ({result['machine']['cpus']} CPUs, torch threads {result['machine']['threads']}, "
           f"read bandwidth {result['machine']['bandwidth_gb_s']:.1f} GB/s)")
-    head = (f"{'run':<26}{'train':>6}{'patches':>9}{'extract s':>10}{'img/s':>7}{'bb %':>6}{'coreset s':>10}"
+    head = (f"{"run":<34}{'train':>6}{'patches':>9}{'extract s':>10}{'img/s':>7}{'bb %':>6}{'coreset s':>10}"
             f"{'sel/s':>8}{'index s':>8}{'kNN s':>7}{'post s':>7}{'eval s':>7}{'fit+pred s':>11}{'RSS MB':>8}"
             f"{'img AUC':>8}{'pix AUC':>8}{'AUPRO':>7}")
     print(head)
@@ -220,7 +222,7 @@ def print_tables(result: dict) -> None:
     for r in rows:
         m = r.get("metrics", {})
         share = 100 * r["backbone_s"] / r["total_s"] if r.get("backbone_s") else None
-        print(f"{r['label']:<26}{r.get('n_train', 0):>6}{_fmt(r.get('n_patches'), 'd'):>9}{_fmt(r.get('extract_s')):>10}"
+        print(f"{r["label"]:<34}{r.get('n_train', 0):>6}{_fmt(r.get('n_patches'), 'd'):>9}{_fmt(r.get('extract_s')):>10}"
               f"{_fmt(r.get('images_per_s')):>7}{_fmt(share, '.0f'):>6}{_fmt(r.get('coreset_s')):>10}"
               f"{_fmt(r.get('selections_per_s'), '.0f'):>8}{_fmt(r.get('index_s'), '.2f'):>8}{_fmt(r.get('search_s')):>7}"
               f"{_fmt(r.get('postprocess_s')):>7}{_fmt(r.get('evaluate_s')):>7}{_fmt(r.get('total_s')):>11}"
@@ -236,11 +238,11 @@ def print_tables(result: dict) -> None:
         print(f"  accelerated: {c['accelerated_ms_per_selection']:.2f} ms/selection ({c['accelerated_s']:.1f} s), "
               f"{c['accelerated_full_passes']:.0f} bank passes instead of {c['n_select']}; same points as plain: "
               f"{c.get('same_indices', c['same_prefix'])}")
-    cmp_ = result.get("comparison")
-    if cmp_:
-        print(f"\nvs anomalib {cmp_['anomalib_version']} PatchCore (same tensors, 10 % coreset, 9 neighbours): wall time "
-              f"{cmp_['time_ratio']:.3f}x, peak RSS {cmp_['rss_ratio']:.2f}x; image AUROC {cmp_['ours_image_auroc']:.3f} vs "
-              f"{cmp_['peer_image_auroc']:.3f}, pixel AUROC {cmp_['ours_pixel_auroc']:.3f} vs {cmp_['peer_pixel_auroc']:.3f}")
+    for cmp_ in result.get("comparisons", []):
+        print(f"\n{cmp_['ours']} (embedding width {cmp_['embed_dim']}) vs anomalib {cmp_['anomalib_version']} PatchCore "
+              f"(same tensors, same layers, 10 % coreset, 9 neighbours): wall time {cmp_['time_ratio']:.3f}x, peak RSS "
+              f"{cmp_['rss_ratio']:.2f}x; image AUROC {cmp_['ours_image_auroc']:.3f} vs {cmp_['peer_image_auroc']:.3f}, "
+              f"pixel AUROC {cmp_['ours_pixel_auroc']:.3f} vs {cmp_['peer_pixel_auroc']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--synthetic-root", default="/tmp/adbench-bench-synthetic")
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--large-ratio", type=float, default=None, help="coreset ratio for synthetic sizes >= 2000")
+    ap.add_argument("--paper-dim", type=int, default=1024,
+                    help="embedding width of the second bottle run and of the synthetic runs (the paper's WRN-50 width; "
+                         "0: only preset=cpu's width)")
     ap.add_argument("--bank-dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--bank-storage", default="memory", choices=["memory", "disk"])
     ap.add_argument("--peer", default="none", choices=["none", "anomalib"])
@@ -294,25 +299,28 @@ def main(argv: list[str] | None = None) -> None:
                 bank_storage=args.bank_storage)
     if not args.skip_real:
         result["runs"].append(case_run(dict(real, kind="ours"), f"ours mvtec/{args.category}"))
+        if args.paper_dim:
+            result["runs"].append(case_run(dict(real, kind="ours", embed_dim=args.paper_dim),
+                                           f"ours mvtec/{args.category} d={args.paper_dim}"))
         result["coreset"] = case_run(dict(real, kind="coreset", plain_steps=args.plain_steps,
                                           full_plain=args.full_plain), f"coreset mvtec/{args.category}")
         if args.peer == "anomalib":
             peer = _peer(args, real, case_dir)
             peer["label"] = f"anomalib mvtec/{args.category}"
             result["runs"].append(peer)
-            ours = result["runs"][0]
             if "error" not in peer:
-                result["comparison"] = {
-                    "anomalib_version": peer["anomalib_version"], "time_ratio": ours["total_s"] / peer["total_s"],
-                    "rss_ratio": ours["peak_rss_mb"] / peer["peak_rss_mb"],
+                result["comparisons"] = [{
+                    "ours": ours["label"], "embed_dim": ours.get("embed_dim"), "anomalib_version": peer["anomalib_version"],
+                    "time_ratio": ours["total_s"] / peer["total_s"], "rss_ratio": ours["peak_rss_mb"] / peer["peak_rss_mb"],
                     "ours_image_auroc": ours["metrics"]["image_auroc"], "peer_image_auroc": peer["metrics"]["image_auroc"],
                     "ours_pixel_auroc": ours["metrics"]["pixel_auroc"], "peer_pixel_auroc": peer["metrics"]["pixel_auroc"],
-                }
+                } for ours in result["runs"] if ours.get("tool") == "adbench"]
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
         ratio = args.large_ratio if (args.large_ratio and size >= 2000) else args.ratio
         case = dict(kind="ours", dataset="synthetic", root=args.synthetic_root, category="washer", n_train=size,
-                    ratio=ratio, bank_dtype=args.bank_dtype, bank_storage=args.bank_storage)
-        result["runs"].append(case_run(case, f"ours synthetic/{size}" + (f" r={ratio}" if ratio != args.ratio else "")))
+                    ratio=ratio, bank_dtype=args.bank_dtype, bank_storage=args.bank_storage, embed_dim=args.paper_dim)
+        label = f"ours synthetic/{size}" + (f" d={args.paper_dim}" if args.paper_dim else "")
+        result["runs"].append(case_run(case, label + (f" r={ratio}" if ratio != args.ratio else "")))
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     result["machine"]["load_avg_end"] = os.getloadavg()[0]
     out.write_text(json.dumps(result, indent=1))
