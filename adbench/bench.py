@@ -214,7 +214,7 @@ def print_tables(result: dict) -> None:
     rows = result["runs"]
     print(f"\nPatchCore benchmark ({result['machine']['cpus']} CPUs, torch threads {result['machine']['threads']}, "
           f"read bandwidth {result['machine']['bandwidth_gb_s']:.1f} GB/s)")
-    head = (f"{"run":<34}{'train':>6}{'patches':>9}{'extract s':>10}{'img/s':>7}{'bb %':>6}{'coreset s':>10}"
+    head = (f"{'run':<34}{'train':>6}{'patches':>9}{'extract s':>10}{'img/s':>7}{'bb %':>6}{'coreset s':>10}"
             f"{'sel/s':>8}{'index s':>8}{'kNN s':>7}{'post s':>7}{'eval s':>7}{'fit+pred s':>11}{'RSS MB':>8}"
             f"{'img AUC':>8}{'pix AUC':>8}{'AUPRO':>7}")
     print(head)
@@ -222,7 +222,7 @@ def print_tables(result: dict) -> None:
     for r in rows:
         m = r.get("metrics", {})
         share = 100 * r["backbone_s"] / r["total_s"] if r.get("backbone_s") else None
-        print(f"{r["label"]:<34}{r.get('n_train', 0):>6}{_fmt(r.get('n_patches'), 'd'):>9}{_fmt(r.get('extract_s')):>10}"
+        print(f"{r['label']:<34}{r.get('n_train', 0):>6}{_fmt(r.get('n_patches'), 'd'):>9}{_fmt(r.get('extract_s')):>10}"
               f"{_fmt(r.get('images_per_s')):>7}{_fmt(share, '.0f'):>6}{_fmt(r.get('coreset_s')):>10}"
               f"{_fmt(r.get('selections_per_s'), '.0f'):>8}{_fmt(r.get('index_s'), '.2f'):>8}{_fmt(r.get('search_s')):>7}"
               f"{_fmt(r.get('postprocess_s')):>7}{_fmt(r.get('evaluate_s')):>7}{_fmt(r.get('total_s')):>11}"
