@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .calibration import Calibration, check_scores
+from .calibration import check_scores
 from .checkpoint import load_checkpoint
 from .data.errors import ConfigError, DataError
 from .data.folder import list_images
 from .data.mvtec import IMAGE_SUFFIXES, _check_image, load_image
 from .data.transforms import denormalize, transform_image
-from .utils import progress, resolve_device
+from .utils import ensure_writable_dir, progress, resolve_device
 
 OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true",
            "input": "an image file or a folder of images",
@@ -265,16 +264,6 @@ def _input_files(input_path: Path) -> list[Path]:
     return files
 
 
-def _check_output(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"output={output} is not writable ({err.strerror}); pass output=DIR") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -292,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(opts["output"])
         input_path = Path(opts["input"])
         files = _input_files(input_path)  # every file checked before the model is loaded
-        _check_output(output)
+        ensure_writable_dir(output, "output")
         show = opts.get("progress", "true").lower() != "false"
         det = Detector(opts["checkpoint"], device=opts.get("device", "auto"), threshold=threshold,
                        method=opts.get("method"), batch_size=int(opts["batch_size"]) if "batch_size" in opts else None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from .data.synthetic import SyntheticDataModule
 from .evaluate import compute_metrics
 from .registry import get_method, list_methods
 from .results import clean_metrics, config_hash, git_commit, package_versions, run_path, write_json_atomic
-from .utils import peak_rss_mb, resolve_device, seed_everything
+from .utils import ensure_writable_dir, peak_rss_mb, resolve_device, seed_everything
 
 log = logging.getLogger("adbench")
 
@@ -52,18 +51,6 @@ def build_datamodule(cfg: DictConfig) -> MVTecDataModule:
 DATAMODULES: dict[str, Any] = {}
 
 
-def _check_results_dir(results_dir: str) -> Path:
-    p = Path(results_dir)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"results_dir={results_dir} is not writable ({err.strerror}); pass results_dir=DIR") from None
-    return p
-
-
 def format_metrics(metrics: dict[str, Any], title: str) -> str:
     """The end-of-run table: one metric per line."""
     width = max(len(k) for k in metrics) if metrics else 10
@@ -79,7 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     method_name = str(cfg.method.name)
     if method_name not in list_methods():
         raise ConfigError(f"unknown method={method_name!r}; registered: {', '.join(list_methods())}")
-    results_dir = _check_results_dir(str(cfg.results_dir))
+    results_dir = ensure_writable_dir(str(cfg.results_dir), "results_dir")
     out_path = run_path(results_dir, resolved)
     if cfg.get("resume", False) and out_path.is_file():
         try:

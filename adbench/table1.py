@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data.mvtec import CATEGORIES, OBJECTS, TEXTURES
+from .data.mvtec import OBJECTS, TEXTURES
 from .registry import list_methods
 from .results import load_runs
 

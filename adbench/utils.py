@@ -6,6 +6,7 @@ import os
 import random
 import resource
 import sys
+from pathlib import Path
 from typing import Iterable, TypeVar
 
 import numpy as np
@@ -50,3 +51,33 @@ def peak_rss_mb() -> float:
 def torch_load(path: str, device: torch.device | str = "cpu") -> dict:
     """``torch.load`` of a checkpoint written by adbench (tensors, numbers, strings)."""
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_method_state(path: str | Path, method: str, version: int) -> dict:
+    """A method's own checkpoint file, checked: it exists, was written by ``method``, at format ``version``."""
+    from .data.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {method} checkpoint at {path}")
+    state = torch_load(str(path))
+    if state.get("method") != method:
+        raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not {method!r}")
+    if state.get("version") != version:
+        raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {version}")
+    return state
+
+
+def ensure_writable_dir(path: str | Path, option: str) -> Path:
+    """Create ``path`` and check that files can be written there; else a one-line error naming ``option``."""
+    from .data.errors import ConfigError
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{option}={path} is not writable ({err.strerror}); pass {option}=DIR") from None
+    return p

@@ -112,7 +112,7 @@ def test_empty_train_folder(folders, tmp_path, no_model):
     (folders["normal_dir"] / "notes.txt").write_text("not an image")
     with pytest.raises(DataError) as info:
         run_folder(folders, tmp_path)
-    assert one_line(info.value).startswith(f"empty train folder: no images (.png, .jpg") and "dataset.normal_dir" in str(info.value)
+    assert one_line(info.value).startswith("empty train folder: no images (.png, .jpg") and "dataset.normal_dir" in str(info.value)
 
 
 def test_missing_and_wrong_folder_options(folders, tmp_path, no_model):

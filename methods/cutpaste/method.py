@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from adbench.api import Prediction, RunContext
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import progress, torch_load
+from adbench.utils import load_method_state, progress
 
 from .augment import VARIANTS, AugmentConfig
 from .density import DENSITIES, density_from_state, make_density
@@ -202,14 +202,7 @@ class CutPaste:
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "CutPaste":
         """Restore a fitted model (no weights download: the networks are in the file)."""
-        path = Path(directory) / "cutpaste.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no CutPaste checkpoint at {path}")
-        state = torch_load(str(path))
-        if state.get("method") != "cutpaste":
-            raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not 'cutpaste'")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {CHECKPOINT_VERSION}")
+        state = load_method_state(Path(directory) / "cutpaste.pt", "cutpaste", CHECKPOINT_VERSION)
         cfg = OmegaConf.create(json.loads(state["config"]))
         cfg.backbone.weights = "none"
         self = cls(cfg, ctx)

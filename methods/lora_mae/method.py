@@ -10,7 +10,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader
 from adbench.api import Prediction, RunContext
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import progress, torch_load
+from adbench.utils import load_method_state, progress, torch_load
 
 from .lora import apply_lora, set_trainable
 from .masks import interleaved_masks, visible_indices
@@ -289,14 +288,7 @@ class LoRAMAE:
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "LoRAMAE":
         """Restore a fitted model without refitting or downloading weights (everything is in the file)."""
-        path = Path(directory) / MODEL_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no LoRA-MAE checkpoint at {path}")
-        state = torch_load(str(path))
-        if state.get("method") != "lora_mae":
-            raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not 'lora_mae'")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {CHECKPOINT_VERSION}")
+        state = load_method_state(Path(directory) / MODEL_FILE, "lora_mae", CHECKPOINT_VERSION)
         cfg = OmegaConf.create(json.loads(state["config"]))
         ctx = replace(ctx, image_size=tuple(state["image_size"]))
         self = cls(cfg, ctx, load_weights=False)  # same structure (LoRA layers where they were), no download

@@ -19,7 +19,6 @@ loop runs in torch (norm expansion, one mat-vec per selection); the accelerated 
 
 from __future__ import annotations
 
-import heapq
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor

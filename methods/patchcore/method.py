@@ -27,7 +27,7 @@ from adbench.backbones import FeatureExtractor, build_backbone, default_layers
 from adbench.cache import FeatureCache, weights_id
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import progress, torch_load
+from adbench.utils import load_method_state, progress
 
 from .coreset import ALGORITHMS, greedy_coreset, project, projection_matrix, select_coreset
 from .model import PatchFeatures
@@ -402,14 +402,7 @@ class PatchCore:
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "PatchCore":
         """Restore a fitted model without refitting (no weights download: the backbone is in the file)."""
-        path = Path(directory) / "patchcore.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no PatchCore checkpoint at {path}")
-        state = torch_load(str(path))
-        if state.get("method") != "patchcore":
-            raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not 'patchcore'")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {CHECKPOINT_VERSION}")
+        state = load_method_state(Path(directory) / "patchcore.pt", "patchcore", CHECKPOINT_VERSION)
         cfg = OmegaConf.create(json.loads(state["config"]))
         cfg.backbone.weights = "none"
         self = cls(cfg, ctx)

@@ -19,7 +19,7 @@ from adbench.api import Prediction, RunContext
 from adbench.data import denormalize
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import progress, torch_load
+from adbench.utils import load_method_state, progress, torch_load
 
 from .losses import RECON_LOSSES, kl_divergence, reconstruction_loss
 from .model import ConvVAE
@@ -278,15 +278,7 @@ class VAEEnergy:
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "VAEEnergy":
         """Restore a fitted model; channel count and texture mode come from the checkpoint."""
-        path = Path(directory) / "vae_energy.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no vae_energy checkpoint at {path}")
-        state = torch_load(str(path))
-        if state.get("method") != "vae_energy":
-            raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not 'vae_energy'")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{path} has checkpoint version {state.get('version')}, "
-                              f"this adbench reads {CHECKPOINT_VERSION}")
+        state = load_method_state(Path(directory) / "vae_energy.pt", "vae_energy", CHECKPOINT_VERSION)
         cfg = OmegaConf.create(json.loads(state["config"]))
         ctx = dataclasses.replace(ctx, grayscale=bool(state["grayscale"]), is_texture=bool(state["is_texture"]))
         self = cls(cfg, ctx)
