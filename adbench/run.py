@@ -60,6 +60,20 @@ def format_metrics(metrics: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def resume_enabled(value: Any) -> bool:
+    """``resume``: true / false, or ``auto`` = true inside a Hydra multirun (``-m``) sweep, false otherwise."""
+    if isinstance(value, str) and value.lower() == "auto":
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    raise ConfigError(f"resume={value!r}; choose true, false or auto")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run of ``cfg.method`` on ``cfg.dataset`` / ``cfg.category``; returns the record it writes."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -68,14 +82,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"unknown method={method_name!r}; registered: {', '.join(list_methods())}")
     results_dir = ensure_writable_dir(str(cfg.results_dir), "results_dir")
     out_path = run_path(results_dir, resolved)
-    if cfg.get("resume", False) and out_path.is_file():
+    if resume_enabled(cfg.get("resume", False)) and out_path.is_file():
         try:
             rec = json.loads(out_path.read_text())
         except (OSError, json.JSONDecodeError):
             rec = {}
         if rec.get("status") == "ok":
             log.info("resume: result exists, skipping %s", out_path)
-            print(f"skipped (resume=true, result exists): {out_path}")
+            print(f"skipped (resume: result exists): {out_path}")
             return {**rec, "skipped": True, "path": str(out_path)}
 
     device = resolve_device(cfg.get("device", "auto"))

@@ -67,7 +67,8 @@ def test_bad_config_job_is_recorded_as_failed(tmp_path, small_synthetic_root):
 
 def test_resume_after_kill_runs_only_missing_jobs(tmp_path, small_synthetic_root):
     overrides = [o for o in small_synthetic_overrides(small_synthetic_root) if not o.startswith("category=")]
-    args = ["-m", "preset=tiny", f"results_dir={tmp_path}", "category=washer,weave", "resume=true",
+    # no resume override: resume=auto means true in a -m sweep
+    args = ["-m", "preset=tiny", f"results_dir={tmp_path}", "category=washer,weave",
             f"hydra.sweep.dir={tmp_path / 'hydra'}", *overrides]
     proc = subprocess.Popen([sys.executable, "-m", "adbench", *args], cwd=REPO, env={**os.environ, "ADBENCH_PROGRESS": "0"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -82,7 +83,7 @@ def test_resume_after_kill_runs_only_missing_jobs(tmp_path, small_synthetic_root
     stamp = done[0].stat().st_mtime_ns
     p = _adbench(*args)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "skipped (resume=true, result exists)" in p.stdout
+    assert "skipped (resume: result exists)" in p.stdout
     assert done[0].stat().st_mtime_ns == stamp  # the finished job was not run again
     assert {k: v["status"] for k, v in _records(tmp_path).items()} == {"washer": "ok", "weave": "ok"}
 
@@ -137,3 +138,13 @@ def test_report_renders_in_headless_chromium(parallel_sweep, tmp_path):
     img = np.asarray(Image.open(png).convert("RGB"))
     assert img.shape[:2] == (1600, 1280)
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 500  # text, tables and plots, not a blank page
+
+
+def test_resume_values():
+    from adbench.data.errors import ConfigError
+    from adbench.run import resume_enabled
+
+    assert resume_enabled(True) and resume_enabled("true") and not resume_enabled(False) and not resume_enabled(None)
+    assert not resume_enabled("auto")  # a single run (no Hydra multirun here) runs again
+    with pytest.raises(ConfigError, match="resume='sometimes'; choose true, false or auto"):
+        resume_enabled("sometimes")
