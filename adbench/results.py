@@ -105,7 +105,7 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
 
         row["variant"] = variant_of(row["method"] or "", cfg)
         row.update(rec.get("metrics", {}))
-        for k in ("fit_s", "predict_s", "evaluate_s", "peak_rss_mb"):
+        for k in ("fit_s", "predict_s", "evaluate_s", "peak_rss_mb", "finished_at"):
             row[k] = rec.get(k)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -84,6 +84,9 @@ def build(results: Path, preset: str, methods: list[str]) -> pd.DataFrame:
             sub = runs
         else:
             sub = runs[(runs.method == method) & (runs.dataset == "mvtec") & (runs.preset == preset)]
+            # a config changed since an earlier run: only the newest record of each (variant, category, seed) counts
+            sub = sub.sort_values("finished_at", na_position="first", kind="stable") \
+                .drop_duplicates(["variant", "category", "seed"], keep="last")
         variants = [f"coreset {float(v) * 100:g}%" for v in VARIANTS["patchcore"][1]] if method == "patchcore" else \
             VARIANTS[method][1] if method in VARIANTS else [""]
         for variant in variants:

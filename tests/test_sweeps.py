@@ -95,11 +95,20 @@ def test_submitit_local_launcher(tmp_path, small_synthetic_root):
     assert _records(tmp_path)["washer"]["status"] == "ok"
 
 
-def _fake_run(root: Path, method: str, category: str, auroc: float, **method_cfg) -> None:
+def _fake_run(root: Path, method: str, category: str, auroc: float, finished_at: str | None = None,
+              **method_cfg) -> None:
     cfg = {"method": {"name": method, **method_cfg}, "dataset": {"name": "mvtec"}, "category": category, "seed": 0,
            "preset": {"name": "cpu"}}
-    write_json_atomic(run_path(root, cfg), {"status": "ok", "config": cfg,
+    write_json_atomic(run_path(root, cfg), {"status": "ok", "config": cfg, "finished_at": finished_at,
                                             "metrics": {"image_auroc": auroc, "pixel_auroc": 0.97, "aupro": 0.9}})
+
+
+def test_table1_takes_the_newest_record_when_a_config_changed(tmp_path):
+    _fake_run(tmp_path, "patchcore", "bottle", 0.90, "2026-11-20T10:00:00+0000", coreset={"ratio": 0.1}, embed_dim=1024)
+    _fake_run(tmp_path, "patchcore", "bottle", 0.99, "2026-11-22T10:00:00+0000", coreset={"ratio": 0.1}, embed_dim=128)
+    table = build(tmp_path, "cpu", ["patchcore"])
+    row = table[(table.variant == "coreset 10%") & (table.category == "bottle")].iloc[0]
+    assert row.image_auroc == 99.0 and row.n_runs == 1  # not the mean with the stale record
 
 
 def test_table1_missing_categories_and_published(tmp_path):
