@@ -87,7 +87,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             rec = json.loads(out_path.read_text())
         except (OSError, json.JSONDecodeError):
             rec = {}
-        if rec.get("status") == "ok":
+        wanted = [k for k, asked in (("overlays", cfg.get("save_maps")), ("checkpoint", cfg.get("save_model"))) if asked]
+        missing = [k for k in wanted if not rec.get(k)]
+        if rec.get("status") == "ok" and missing:
+            log.info("resume: %s has no %s, which this run asks for: running it again", out_path, " / ".join(missing))
+        elif rec.get("status") == "ok":
             log.info("resume: result exists, skipping %s", out_path)
             print(f"skipped (resume: result exists): {out_path}")
             return {**rec, "skipped": True, "path": str(out_path)}

@@ -157,3 +157,22 @@ def test_resume_values():
     assert not resume_enabled("auto")  # a single run (no Hydra multirun here) runs again
     with pytest.raises(ConfigError, match="resume='sometimes'; choose true, false or auto"):
         resume_enabled("sometimes")
+
+
+def test_resume_runs_again_when_the_record_lacks_requested_maps(tmp_path, small_synthetic_root):
+    from omegaconf import OmegaConf
+
+    from adbench.run import run
+
+    from .conftest import compose_cfg
+
+    base = ["preset=tiny", f"results_dir={tmp_path}", "resume=true", *small_synthetic_overrides(small_synthetic_root)]
+    first = run(compose_cfg(base))  # without save_maps: no overlays in the record
+    assert not first.get("overlays") and not first.get("skipped")
+    again = run(compose_cfg(base))
+    assert again["skipped"]  # same config, nothing new asked for
+    with_maps = run(compose_cfg([*base, "save_maps=true"]))  # same hash, but maps asked for: runs again
+    assert not with_maps.get("skipped") and with_maps["overlays"]
+    path = run_path(tmp_path, OmegaConf.to_container(compose_cfg(base), resolve=True))
+    assert json.loads(path.read_text())["overlays"] == with_maps["overlays"]
+    assert run(compose_cfg([*base, "save_maps=true"]))["skipped"]
