@@ -112,7 +112,7 @@ def run_ours(case: dict) -> dict:
         "coreset_stats": method.coreset_stats, "peak_rss_mb": peak_rss_mb(),
         "metrics": {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
         "bank_dtype": case.get("bank_dtype", "float32"), "bank_storage": case.get("bank_storage", "memory"),
-        "ratio": case["ratio"], "embed_dim": int(method.cfg.embed_dim),
+        "ratio": case["ratio"], "embed_dim": int(method.cfg.embed_dim), "embed_batch": int(method.cfg.embed_batch),
         "threads": torch.get_num_threads(), "load_avg": [load0, os.getloadavg()[0]],
     }
 

@@ -153,7 +153,7 @@ class PatchCore:
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self.device.type == "cuda" and self.cfg.get("amp", True)
         # CPU: a few images at a time keep the activations in cache and the peak memory low; GPU: the whole batch
-        step = int(self.cfg.get("embed_batch", 16) or len(x)) if self.device.type == "cpu" else len(x)
+        step = int(self.cfg.get("embed_batch", 4) or len(x)) if self.device.type == "cpu" else len(x)
         parts = []
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
             for chunk in x.split(step):
