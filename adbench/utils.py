@@ -43,7 +43,18 @@ def progress(it: Iterable[T], desc: str, enabled: bool = True, total: int | None
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` (this program's own memory; ``ru_maxrss`` survives ``exec`` and so
+    reports at least the RSS of the parent that spawned it); elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20
 

@@ -35,6 +35,11 @@ from adbench.data.synthetic import SyntheticDataModule  # noqa: E402
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM; ru_maxrss would include the RSS of the process that spawned it)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
