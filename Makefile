@@ -9,9 +9,10 @@ endif
 PRESET  ?= paper
 DATA    ?= datasets/mvtec_ad
 RESULTS ?= results
+PEER_VENV ?= /tmp/anomalib-venv
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow bench table1 report clean
+.PHONY: help setup demo test test-slow bench peer-venv table1 report clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,7 +33,11 @@ test-slow: ## only the slow tests (minutes of training each)
 
 bench: ## performance benchmark of PatchCore (prints a table, writes results/bench.json; PEER=anomalib SIZES=200,1000,3000)
 	$(PY) -m adbench.bench --data $(if $(wildcard $(SHARED)/data/mvtec_ad),$(SHARED)/data/mvtec_ad,$(DATA)) \
-		$(if $(SIZES),--sizes "$(SIZES)") $(if $(PEER),--peer $(PEER)) $(if $(PEER_PYTHON),--peer-python $(PEER_PYTHON)) $(BENCH_ARGS)
+		$(if $(SIZES),--sizes "$(SIZES)") $(if $(PEER),--peer $(PEER) --peer-python $(or $(PEER_PYTHON),$(PEER_VENV)/bin/python)) $(BENCH_ARGS)
+
+peer-venv: ## throwaway venv with anomalib 2.7.0 for `make bench PEER=anomalib` (never an adbench dependency; PEER_VENV=DIR)
+	test -x $(PEER_VENV)/bin/python || python3 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q anomalib==2.7.0
 
 table1: ## run the paper-table sweeps, write RESULTS/table1.{md,csv} and report.html (PRESET=paper|cpu DATA=DIR RESULTS=DIR)
 	$(PY) -m adbench.table1 --preset $(PRESET) --data $(DATA) --results $(RESULTS)

@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="200,1000,3000", help="synthetic training-set sizes ('' to skip)")
     ap.add_argument("--synthetic-root", default="/tmp/adbench-bench-synthetic")
     ap.add_argument("--ratio", type=float, default=0.1)
-    ap.add_argument("--large-ratio", type=float, default=None, help="coreset ratio for synthetic sizes >= 2000")
+    ap.add_argument("--large-ratio", type=float, default=0.01,
+                    help="coreset ratio for synthetic sizes >= 2000 (default 0.01: the memory scaling point without "
+                         "hours of selection; 0: --ratio everywhere)")
     ap.add_argument("--paper-dim", type=int, default=1024,
                     help="embedding width of the second bottle run and of the synthetic runs (the paper's WRN-50 width; "
                          "0: only preset=cpu's width)")
