@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
 import sys
 from pathlib import Path
-from typing import Iterable, TypeVar
+from typing import Any, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -64,8 +65,21 @@ def torch_load(path: str, device: torch.device | str = "cpu") -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def load_method_state(path: str | Path, method: str, version: int) -> dict:
-    """A method's own checkpoint file, checked: it exists, was written by ``method``, at format ``version``."""
+def save_method_state(path: str | Path, method: str, version: int, cfg: Any, **payload: Any) -> None:
+    """Write a method's own checkpoint file: its name, format ``version``, resolved config (JSON) and ``payload``."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = json.dumps(OmegaConf.to_container(cfg, resolve=True))
+    torch.save({"method": method, "version": version, "config": config, **payload}, path)
+
+
+def load_method_state(path: str | Path, method: str, version: int) -> tuple[dict, Any]:
+    """A file written by :func:`save_method_state`, checked (it exists, was written by ``method``, at format
+    ``version``) -> (its state dict, its config as a DictConfig)."""
+    from omegaconf import OmegaConf
+
     from .data.errors import ConfigError
 
     path = Path(path)
@@ -76,7 +90,7 @@ def load_method_state(path: str | Path, method: str, version: int) -> dict:
         raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not {method!r}")
     if state.get("version") != version:
         raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {version}")
-    return state
+    return state, OmegaConf.create(json.loads(state["config"]))
 
 
 def ensure_writable_dir(path: str | Path, option: str) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,15 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # adbench's dat
 
 from adbench.data.mvtec import MVTecDataModule  # noqa: E402
 from adbench.data.synthetic import SyntheticDataModule  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the RSS of the process that spawned it)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from adbench.utils import peak_rss_mb  # noqa: E402
 
 
 def load_torchvision_weights(extractor: torch.nn.Module, torch_home: str | None) -> float:

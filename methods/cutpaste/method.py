@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from adbench.api import Prediction, RunContext
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import load_method_state, progress
+from adbench.utils import load_method_state, save_method_state, progress
 
 from .augment import VARIANTS, AugmentConfig
 from .density import DENSITIES, density_from_state, make_density
@@ -190,20 +190,15 @@ class CutPaste:
         """Write ``cutpaste.pt``: config, both networks and both fitted densities."""
         if self.image_density is None:
             raise RuntimeError("CutPaste.save called before fit")
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {"method": "cutpaste", "version": CHECKPOINT_VERSION,
-                 "config": json.dumps(OmegaConf.to_container(self.cfg, resolve=True)),
-                 "image_model": self.image_net.state_dict(), "image_density": self.image_density.state()}
+        state = {"image_model": self.image_net.state_dict(), "image_density": self.image_density.state()}
         if self.patch_net is not None:
             state.update(patch_model=self.patch_net.state_dict(), patch_density=self.patch_density.state())
-        torch.save(state, out / "cutpaste.pt")
+        save_method_state(Path(directory) / "cutpaste.pt", "cutpaste", CHECKPOINT_VERSION, self.cfg, **state)
 
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "CutPaste":
         """Restore a fitted model (no weights download: the networks are in the file)."""
-        state = load_method_state(Path(directory) / "cutpaste.pt", "cutpaste", CHECKPOINT_VERSION)
-        cfg = OmegaConf.create(json.loads(state["config"]))
+        state, cfg = load_method_state(Path(directory) / "cutpaste.pt", "cutpaste", CHECKPOINT_VERSION)
         cfg.backbone.weights = "none"
         self = cls(cfg, ctx)
         self.image_net.load_state_dict(state["image_model"])

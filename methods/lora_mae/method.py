@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from adbench.api import Prediction, RunContext
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import load_method_state, progress, torch_load
+from adbench.utils import load_method_state, save_method_state, progress, torch_load
 
 from .lora import apply_lora, set_trainable
 from .masks import interleaved_masks, visible_indices
@@ -278,18 +278,15 @@ class LoRAMAE:
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """Write ``lora_mae.pt``: config, input size, LoRA / freezing flags and the full state dict."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save({"method": "lora_mae", "version": CHECKPOINT_VERSION, "config": self._config_json(),
-                    "image_size": list(self.ctx.image_size), "use_lora": self.use_lora,
-                    "patch_embed_reinit": self.patch_embed_reinit, "history": list(self.history),
-                    "model": self.model.state_dict()}, out / MODEL_FILE)
+        save_method_state(Path(directory) / MODEL_FILE, "lora_mae", CHECKPOINT_VERSION, self.cfg,
+                          image_size=list(self.ctx.image_size), use_lora=self.use_lora,
+                          patch_embed_reinit=self.patch_embed_reinit, history=list(self.history),
+                          model=self.model.state_dict())
 
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "LoRAMAE":
         """Restore a fitted model without refitting or downloading weights (everything is in the file)."""
-        state = load_method_state(Path(directory) / MODEL_FILE, "lora_mae", CHECKPOINT_VERSION)
-        cfg = OmegaConf.create(json.loads(state["config"]))
+        state, cfg = load_method_state(Path(directory) / MODEL_FILE, "lora_mae", CHECKPOINT_VERSION)
         ctx = replace(ctx, image_size=tuple(state["image_size"]))
         self = cls(cfg, ctx, load_weights=False)  # same structure (LoRA layers where they were), no download
         self.model.load_state_dict(state["model"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 import tempfile
 import logging
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
@@ -27,7 +26,7 @@ from adbench.backbones import FeatureExtractor, build_backbone, default_layers
 from adbench.cache import FeatureCache, weights_id
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import load_method_state, progress
+from adbench.utils import load_method_state, save_method_state, progress
 
 from .coreset import ALGORITHMS, greedy_coreset, project, projection_matrix, select_coreset
 from .model import PatchFeatures
@@ -387,13 +386,8 @@ class PatchCore:
         if self.bank is None:
             raise RuntimeError("PatchCore.save called before fit")
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save({
-            "method": "patchcore", "version": CHECKPOINT_VERSION,
-            "config": json.dumps(OmegaConf.to_container(self.cfg, resolve=True)),
-            "layers": self.layers, "grid": list(self.grid or ()),
-            "backbone": self.backbone.state_dict(), "bank": self.bank,
-        }, out / "patchcore.pt")
+        save_method_state(out / "patchcore.pt", "patchcore", CHECKPOINT_VERSION, self.cfg, layers=self.layers,
+                          grid=list(self.grid or ()), backbone=self.backbone.state_dict(), bank=self.bank)
         index = self.index
         if _use_gpu_faiss(self.device):
             index = faiss.index_gpu_to_cpu(index)
@@ -402,8 +396,7 @@ class PatchCore:
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "PatchCore":
         """Restore a fitted model without refitting (no weights download: the backbone is in the file)."""
-        state = load_method_state(Path(directory) / "patchcore.pt", "patchcore", CHECKPOINT_VERSION)
-        cfg = OmegaConf.create(json.loads(state["config"]))
+        state, cfg = load_method_state(Path(directory) / "patchcore.pt", "patchcore", CHECKPOINT_VERSION)
         cfg.backbone.weights = "none"
         self = cls(cfg, ctx)
         self.backbone.load_state_dict(state["backbone"])

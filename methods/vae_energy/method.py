@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
@@ -19,7 +18,7 @@ from adbench.api import Prediction, RunContext
 from adbench.data import denormalize
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import load_method_state, progress, torch_load
+from adbench.utils import load_method_state, save_method_state, progress, torch_load
 
 from .losses import RECON_LOSSES, kl_divergence, reconstruction_loss
 from .model import ConvVAE
@@ -266,20 +265,14 @@ class VAEEnergy:
         """Write ``vae_energy.pt``: config, channel/texture mode, VAE weights, training-loss history."""
         if not self.fitted:
             raise RuntimeError("VAEEnergy.save called before fit")
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save({
-            "method": "vae_energy", "version": CHECKPOINT_VERSION,
-            "config": json.dumps(OmegaConf.to_container(self.cfg, resolve=True)),
-            "grayscale": self.in_channels == 1, "is_texture": self.texture,
-            "model": self.model.state_dict(), "history": self.history,
-        }, out / "vae_energy.pt")
+        save_method_state(Path(directory) / "vae_energy.pt", "vae_energy", CHECKPOINT_VERSION, self.cfg,
+                          grayscale=self.in_channels == 1, is_texture=self.texture,
+                          model=self.model.state_dict(), history=self.history)
 
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "VAEEnergy":
         """Restore a fitted model; channel count and texture mode come from the checkpoint."""
-        state = load_method_state(Path(directory) / "vae_energy.pt", "vae_energy", CHECKPOINT_VERSION)
-        cfg = OmegaConf.create(json.loads(state["config"]))
+        state, cfg = load_method_state(Path(directory) / "vae_energy.pt", "vae_energy", CHECKPOINT_VERSION)
         ctx = dataclasses.replace(ctx, grayscale=bool(state["grayscale"]), is_texture=bool(state["is_texture"]))
         self = cls(cfg, ctx)
         self.model.load_state_dict(state["model"])
