@@ -29,7 +29,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "patchcore": ("method.coreset.ratio", ["0.25", "0.1", "0.01"]),
     "cutpaste": ("method.variant", ["normal", "scar", "3way"]),
 }
-TABLE_METHODS = ("patchcore", "cutpaste", "lora_mae", "vae_energy")
+TABLE_METHODS = ("patchcore", "cutpaste", "lora_mae", "vae_energy", "mean_image", "pixel_gaussian")
 
 
 def variant_of(method: str, cfg: dict) -> str:
@@ -128,7 +128,9 @@ def to_markdown(table: pd.DataFrame, preset: str, command: str) -> str:
            "(sources cited there). '–': not run (or not published). Δ = ours − published.", ""]
     names = {"patchcore": "PatchCore (Roth et al. 2022, Table S1; paper: WRN-50)",
              "cutpaste": "CutPaste (Li et al. 2021, Table 1; paper: ResNet-18)",
-             "lora_mae": "LoRA-MAE (no published Table 1)", "vae_energy": "VAE + energy projection (no published Table 1)"}
+             "lora_mae": "LoRA-MAE (no published Table 1)", "vae_energy": "VAE + energy projection (no published Table 1)",
+             "mean_image": "Baseline: distance to the mean training image (no model)",
+             "pixel_gaussian": "Baseline: per-pixel Gaussian z-score of raw pixels (no model)"}
     for method, sub in table.groupby("method", sort=False):
         variants = list(dict.fromkeys(sub.variant))
         out += [f"## {names.get(method, method)}", ""]
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default="results", help="results folder for runs and the tables (default: results)")
     ap.add_argument("--methods", default=None, help="comma-separated methods (default: every landed table method)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, averaged (default: 0)")
+    ap.add_argument("--categories", default=None,
+                    help="comma-separated categories to run (default: every category present under --data)")
     ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from existing runs")
     ap.add_argument("--no-report", action="store_true", help="do not rebuild results/report.html")
     args = ap.parse_args(argv)
@@ -171,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --methods names unregistered method(s) {unknown}; landed: {', '.join(landed)}", file=sys.stderr)
         return 2
     cats = present_categories(data)
+    if args.categories:
+        wanted = args.categories.split(",")
+        absent = [c for c in wanted if c not in cats]
+        if absent:
+            print(f"error: --categories {','.join(absent)} not found under {data.resolve()} "
+                  f"(present: {', '.join(cats) or 'none'})", file=sys.stderr)
+            return 2
+        cats = wanted
     if not args.no_run:
         if not cats:
             print(f"error: no MVTec AD category found under {data.resolve()} (looked for <category>/train/good); "

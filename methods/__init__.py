@@ -7,7 +7,7 @@ with a warning, so the other methods stay usable.
 import importlib
 import warnings
 
-BUILTIN = ("patchcore", "cutpaste", "lora_mae", "vae_energy")
+BUILTIN = ("patchcore", "cutpaste", "lora_mae", "vae_energy", "baselines")
 
 for _name in BUILTIN:
     try:

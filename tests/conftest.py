@@ -66,3 +66,38 @@ def mvtec_bottle() -> Path:
     if not (MVTEC_SHARED / "bottle" / "train" / "good").is_dir():
         pytest.skip(f"{MVTEC_SHARED / 'bottle'} not found (../shared absent)")
     return MVTEC_SHARED
+
+
+REAL_CATEGORIES = ("bottle", "transistor")
+
+
+def real_category_root(category: str) -> Path:
+    """Root of the real MVTec AD holding ``category``; skips the test when ../shared lacks it."""
+    if not (MVTEC_SHARED / category / "train" / "good").is_dir():
+        pytest.skip(f"{MVTEC_SHARED / category} not found (../shared absent)")
+    return MVTEC_SHARED
+
+
+_BASELINES: dict[tuple[str, str], dict] = {}
+
+
+def real_baseline_metrics(category: str, method: str = "pixel_gaussian", extra: tuple[str, ...] = ()) -> dict:
+    """Metrics of a reference baseline (``mean_image`` / ``pixel_gaussian``) on a real category, default
+    transform, computed once per test session (seconds). Acceptance tests assert a margin over these."""
+    key = (category, method, *extra)
+    if key not in _BASELINES:
+        import tempfile
+
+        from adbench.run import run
+
+        root = real_category_root(category)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = compose_cfg([f"method={method}", "dataset=mvtec", f"dataset.root={root}", f"category={category}",
+                               f"results_dir={tmp}", "progress=false", *extra])
+            _BASELINES[key] = run(cfg)["metrics"]
+    return _BASELINES[key]
+
+
+def best_baseline(category: str, metric: str, extra: tuple[str, ...] = ()) -> float:
+    """The better of the two reference baselines on ``metric`` for a real category."""
+    return max(real_baseline_metrics(category, m, extra)[metric] for m in ("mean_image", "pixel_gaussian"))
