@@ -164,3 +164,40 @@ def compute_metrics(image_scores: np.ndarray, anomaly_maps: np.ndarray | None, l
         for d, v in per_defect_auroc(scores, labels, defect_types).items():
             out[f"auroc_{d}"] = v
     return out
+
+
+def metric_curves(anomaly_maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3,
+                  n_points: int = 61) -> dict[str, dict[str, list[float]]]:
+    """Down-sampled pixel ROC curve and PRO curve, for plots; {} when the masks hold one class only.
+
+    Returns ``{"pixel_roc": {"fpr": [...], "tpr": [...]}, "pro": {"fpr": [...], "pro": [...]}}``: points at
+    thresholds taken from the normal-pixel scores so that FPR steps evenly (PRO: from 0 to ``fpr_limit``, ROC:
+    from 0 to 1 with extra points below FPR 0.05). Each point is exact for its threshold (same PRO definition
+    as ``aupro``); only the number of points is reduced, so the curves stay a few kilobytes in a run record.
+    """
+    m = np.asarray(masks, dtype=bool)
+    a = np.asarray(anomaly_maps, dtype=np.float32)
+    if not m.any() or m.all():
+        return {}
+    neg = a[~m]
+    neg.sort()
+    pos = a[m]
+    w = _component_weights(m)
+    order = np.argsort(pos, kind="stable")
+    pos, w = pos[order], w[order]
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    n_neg, n_pos = len(neg), len(pos)
+
+    def at(fprs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.clip(np.ceil((1.0 - fprs) * n_neg).astype(np.int64) - 1, 0, n_neg - 1)
+        t = neg[idx]  # threshold: a pixel is called anomalous when its score is above t
+        above_neg = n_neg - np.searchsorted(neg, t, side="right")
+        k = np.searchsorted(pos, t, side="right")
+        return above_neg / n_neg, (n_pos - k) / n_pos, cum[-1] - cum[k]
+
+    f_roc, tpr, _ = at(np.unique(np.concatenate([np.linspace(0, 1, n_points), np.geomspace(1e-4, 0.05, 15)])))
+    f_pro, _, pro = at(np.linspace(0, fpr_limit, n_points))
+    r = lambda v: [round(float(x), 5) for x in v]  # noqa: E731
+    # the lowest threshold leaves every pixel at or below it out: close the ROC curve at (1, 1)
+    return {"pixel_roc": {"fpr": r([0.0, *f_roc, 1.0]), "tpr": r([0.0, *tpr, 1.0])},
+            "pro": {"fpr": r([0.0, *f_pro]), "pro": r([0.0, *pro])}}

@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 # keys that do not change what a run computes, left out of its identity hash
-VOLATILE_KEYS = ("results_dir", "progress", "resume", "save_model", "save_maps", "device", "feature_cache")
+VOLATILE_KEYS = ("results_dir", "progress", "resume", "save_model", "save_maps", "device", "feature_cache",
+                "logger")
 METRIC_ORDER = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 REPO_DIR = Path(__file__).resolve().parent.parent
 

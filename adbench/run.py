@@ -18,9 +18,10 @@ from .checkpoint import write_checkpoint
 from .data.errors import ConfigError
 from .data.mvtec import MVTecDataModule
 from .data.synthetic import SyntheticDataModule
-from .evaluate import compute_metrics
+from .evaluate import compute_metrics, metric_curves
 from .registry import get_method, list_methods
 from .results import clean_metrics, config_hash, git_commit, package_versions, run_path, write_json_atomic
+from .trainlog import check_logger, record_log, tensorboard_dir, write_tensorboard
 from .utils import ensure_writable_dir, peak_rss_mb, resolve_device, seed_everything
 
 log = logging.getLogger("adbench")
@@ -82,12 +83,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"unknown method={method_name!r}; registered: {', '.join(list_methods())}")
     results_dir = ensure_writable_dir(str(cfg.results_dir), "results_dir")
     out_path = run_path(results_dir, resolved)
+    logger = check_logger(cfg.get("logger", "none"))
     if resume_enabled(cfg.get("resume", False)) and out_path.is_file():
         try:
             rec = json.loads(out_path.read_text())
         except (OSError, json.JSONDecodeError):
             rec = {}
-        wanted = [k for k, asked in (("overlays", cfg.get("save_maps")), ("checkpoint", cfg.get("save_model"))) if asked]
+        wanted = [k for k, asked in (("overlays", cfg.get("save_maps")), ("checkpoint", cfg.get("save_model")),
+                                     ("tensorboard", logger == "tensorboard")) if asked]
         missing = [k for k in wanted if not rec.get(k)]
         if rec.get("status") == "ok" and missing:
             log.info("resume: %s has no %s, which this run asks for: running it again", out_path, " / ".join(missing))
@@ -155,6 +158,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         maps_dir = results_dir / "maps" / out_path.relative_to(results_dir / "runs").with_suffix("")
         overlays = [str(p) for p in save_overlays(dm.test_dataset(with_labels=True), pred, labels, maps_dir)]
 
+    tb_dir = None
+    if logger == "tensorboard":  # event files: train_log per step, final metrics, config as hyper-parameters
+        tb_dir = str(write_tensorboard(tensorboard_dir(results_dir, out_path), getattr(method, "train_log", None) or [],
+                                       metrics, resolved))
     record = {
         "status": "ok",
         "metrics": metrics,
@@ -171,6 +178,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "file": [f"{s.defect_type}/{s.path.name}" for s in dm.test_samples],
         },
         "overlays": overlays,
+        "curves": metric_curves(pred.anomaly_maps, masks) if has_masks else {},  # pixel ROC and PRO, down-sampled
+        "train_log": record_log(method),  # the method's training curve, at most 300 points per stage
+        "tensorboard": tb_dir,
         "n_train": len(dm.train_samples),
         "n_calibration": len(calib_samples),
         "calibrate_s": round(t_cal, 3),
