@@ -6,14 +6,16 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .api import Prediction, RunContext
-from .calibration import calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
+from .calibration import Calibration, calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
 from .checkpoint import write_checkpoint
 from .data.errors import ConfigError
 from .data.mvtec import MVTecDataModule
@@ -75,42 +77,94 @@ def resume_enabled(value: Any) -> bool:
     raise ConfigError(f"resume={value!r}; choose true, false or auto")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """One run of ``cfg.method`` on ``cfg.dataset`` / ``cfg.category``; returns the record it writes."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+@dataclass
+class RunSetup:
+    """What the steps of one run share: its config, where its outputs go, its data and its (unfitted) method."""
+
+    cfg: DictConfig
+    resolved: dict[str, Any]
+    method_name: str
+    results_dir: Path
+    out_path: Path  # the JSON record
+    work_dir: Path  # the checkpoint folder (also the method's scratch folder during fit)
+    maps_dir: Path  # overlays
+    dm: Any
+    calib_samples: list
+    has_masks: bool
+    ctx: RunContext
+    method: Any
+
+
+@dataclass
+class Fitted:
+    """The outcome of fit + calibration."""
+
+    calibration: Calibration | None
+    fit_s: float
+    calibrate_s: float
+
+
+@dataclass
+class Evaluation:
+    """Test predictions and the metrics computed from them."""
+
+    pred: Prediction
+    labels: np.ndarray
+    masks: np.ndarray
+    defect_types: list[str]
+    metrics: dict[str, float | None]
+    undefined: list[str]  # metrics without a value
+    extra_metrics: dict[str, dict[str, float | None]]
+    calibration_record: dict[str, Any] | None
+    predict_s: float
+    evaluate_s: float
+
+
+def check_method(cfg: DictConfig) -> str:
+    """The registered method ``cfg.method.name``, or a ConfigError listing the registered ones."""
     method_name = str(cfg.method.name)
     if method_name not in list_methods():
         raise ConfigError(f"unknown method={method_name!r}; registered: {', '.join(list_methods())}")
-    results_dir = ensure_writable_dir(str(cfg.results_dir), "results_dir")
-    out_path = run_path(results_dir, resolved)
-    logger = check_logger(cfg.get("logger", "none"))
-    if resume_enabled(cfg.get("resume", False)) and out_path.is_file():
-        try:
-            rec = json.loads(out_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            rec = {}
-        wanted = [k for k, asked in (("overlays", cfg.get("save_maps")), ("checkpoint", cfg.get("save_model")),
-                                     ("tensorboard", logger == "tensorboard")) if asked]
-        missing = [k for k in wanted if not rec.get(k)]
-        if rec.get("status") == "ok" and missing:
-            log.info("resume: %s has no %s, which this run asks for: running it again", out_path, " / ".join(missing))
-        elif rec.get("status") == "ok":
-            log.info("resume: result exists, skipping %s", out_path)
-            print(f"skipped (resume: result exists): {out_path}")
-            return {**rec, "skipped": True, "path": str(out_path)}
+    return method_name
 
+
+def resume_check(cfg: DictConfig, out_path: Path, logger: str = "none") -> dict[str, Any] | None:
+    """With resume on: the existing ``ok`` record at ``out_path`` when it has what this run asks for (the run is
+    then skipped), else None (the run goes ahead)."""
+    if not resume_enabled(cfg.get("resume", False)) or not out_path.is_file():
+        return None
+    try:
+        rec = json.loads(out_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        rec = {}
+    wanted = [k for k, asked in (("overlays", cfg.get("save_maps")), ("checkpoint", cfg.get("save_model")),
+                                 ("tensorboard", logger == "tensorboard")) if asked]
+    missing = [k for k in wanted if not rec.get(k)]
+    if rec.get("status") == "ok" and missing:
+        log.info("resume: %s has no %s, which this run asks for: running it again", out_path, " / ".join(missing))
+    elif rec.get("status") == "ok":
+        log.info("resume: result exists, skipping %s", out_path)
+        print(f"skipped (resume: result exists): {out_path}")
+        return {**rec, "skipped": True, "path": str(out_path)}
+    return None
+
+
+def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, results_dir: Path,
+                  out_path: Path) -> RunSetup:
+    """Seed, load and check the data (every data error surfaces here, before model work), build the method."""
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(int(cfg.seed))
     cal = cfg.get("calibration") or {}
     holdout, quantile = float(cal.get("holdout", 0.0)), float(cal.get("quantile", 0.99))
     check_options(holdout, quantile)
-    dm = build_datamodule(cfg).setup()  # every data error surfaces here, before model work
+    dm = build_datamodule(cfg).setup()
     # normal training images held out to calibrate the decision threshold (never the test labels)
     dm.train_samples, calib_samples = split_holdout(dm.train_samples, holdout, int(cfg.seed))
     has_masks = bool(getattr(dm, "has_masks", True))
     if not has_masks:
         print("no masks (dataset.mask_dir not set): image metrics only; pixel_auroc and aupro are not computed")
-    work_dir = results_dir / "checkpoints" / out_path.relative_to(results_dir / "runs").with_suffix("")
+    rel = out_path.relative_to(results_dir / "runs").with_suffix("")
+    work_dir = results_dir / "checkpoints" / rel
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,
                      grayscale=dm.grayscale, image_size=dm.out_size, work_dir=work_dir,
                      progress=bool(cfg.get("progress", True)),
@@ -118,97 +172,154 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                      data_id=json.dumps([str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()),
                                          str(cfg.category), dm.image_size, dm.crop_size]))
     method = get_method(method_name)(cfg.method, ctx)
+    return RunSetup(cfg=cfg, resolved=resolved, method_name=method_name, results_dir=results_dir, out_path=out_path,
+                    work_dir=work_dir, maps_dir=results_dir / "maps" / rel, dm=dm, calib_samples=calib_samples,
+                    has_masks=has_masks, ctx=ctx, method=method)
 
+
+def fit_and_calibrate(s: RunSetup) -> Fitted:
+    """``method.fit`` on the training images, then the threshold from the held-out normal images (if any)."""
+    cal = s.cfg.get("calibration") or {}
+    holdout, quantile = float(cal.get("holdout", 0.0)), float(cal.get("quantile", 0.99))
     t0 = time.perf_counter()
-    method.fit(dm.train_dataloader())
+    s.method.fit(s.dm.train_dataloader())
     fit_s = time.perf_counter() - t0
     calibration = None
-    if calib_samples:
-        loader = calibration_loader(calib_samples, dm.image_size, dm.crop_size, dm.batch_size)
-        calibration = calibrate(method, loader, quantile, holdout, method_name)
+    if s.calib_samples:
+        loader = calibration_loader(s.calib_samples, s.dm.image_size, s.dm.crop_size, s.dm.batch_size)
+        calibration = calibrate(s.method, loader, quantile, holdout, s.method_name)
+    return Fitted(calibration=calibration, fit_s=fit_s, calibrate_s=time.perf_counter() - t0 - fit_s)
+
+
+def predict_and_evaluate(s: RunSetup, fitted: Fitted) -> Evaluation:
+    """Score the test images and compute the metrics (and those of any extra score maps the method offers)."""
+    dm, name = s.dm, s.method_name
     t1 = time.perf_counter()
-    t_cal = t1 - t0 - fit_s
-    pred: Prediction = method.predict(dm.test_dataloader())
+    pred: Prediction = s.method.predict(dm.test_dataloader())
     t2 = time.perf_counter()
-    check_scores(pred, method_name, [s.path for s in dm.test_samples], "the test images")
+    paths = [smp.path for smp in dm.test_samples]
+    check_scores(pred, name, paths, "the test images")
     labels, masks, defect_types = dm.test_targets()
     if pred.anomaly_maps.shape != masks.shape:
-        raise RuntimeError(f"method {method_name} returned maps of shape {pred.anomaly_maps.shape}, masks are {masks.shape}")
-    metrics = compute_metrics(pred.image_scores, pred.anomaly_maps, labels, masks if has_masks else None, defect_types)
+        raise RuntimeError(f"method {name} returned maps of shape {pred.anomaly_maps.shape}, masks are {masks.shape}")
+    gt_masks = masks if s.has_masks else None
+    metrics, undefined = clean_metrics(compute_metrics(pred.image_scores, pred.anomaly_maps, labels, gt_masks,
+                                                       defect_types))
     t3 = time.perf_counter()
-    metrics, bad = clean_metrics(metrics)
-    if bad:
-        log.warning("metrics without a value (one class only?): %s", ", ".join(bad))
     # a method may offer other score maps of the same fitted model (e.g. a baseline), evaluated alike
     extra_metrics = {}
-    for key, extra in (getattr(method, "extra_predictions", None) or {}).items():
-        check_scores(extra, f"{method_name} ({key})", [s.path for s in dm.test_samples], "the test images")
-        extra_metrics[key] = clean_metrics(compute_metrics(extra.image_scores, extra.anomaly_maps, labels,
-                                                           masks if has_masks else None, defect_types))[0]
-
+    for key, extra in (getattr(s.method, "extra_predictions", None) or {}).items():
+        check_scores(extra, f"{name} ({key})", paths, "the test images")
+        extra_metrics[key] = clean_metrics(compute_metrics(extra.image_scores, extra.anomaly_maps, labels, gt_masks,
+                                                           defect_types))[0]
     calibration_record = None
-    if calibration is not None:
-        calibration_record = {**calibration.to_dict(), **threshold_rates(calibration.threshold, pred.image_scores, labels)}
-    if cfg.get("save_model", False):
-        write_checkpoint(work_dir, method, cfg, ctx, calibration)
-    overlays: list[str] = []
-    if cfg.get("save_maps", False):
-        from .viz import save_overlays
+    if fitted.calibration is not None:
+        calibration_record = {**fitted.calibration.to_dict(),
+                              **threshold_rates(fitted.calibration.threshold, pred.image_scores, labels)}
+    return Evaluation(pred=pred, labels=labels, masks=masks, defect_types=list(defect_types), metrics=metrics, undefined=undefined,
+                      extra_metrics=extra_metrics, calibration_record=calibration_record, predict_s=t2 - t1,
+                      evaluate_s=t3 - t2)
 
-        maps_dir = results_dir / "maps" / out_path.relative_to(results_dir / "runs").with_suffix("")
-        overlays = [str(p) for p in save_overlays(dm.test_dataset(with_labels=True), pred, labels, maps_dir)]
 
-    tb_dir = None
-    if logger == "tensorboard":  # event files: train_log per step, final metrics, config as hyper-parameters
-        tb_dir = str(write_tensorboard(tensorboard_dir(results_dir, out_path), getattr(method, "train_log", None) or [],
-                                       metrics, resolved))
-    record = {
+def make_record(s: RunSetup, fitted: Fitted, ev: Evaluation) -> dict[str, Any]:
+    """The run record (``overlays`` and ``checkpoint`` are filled in by :func:`write_outputs`)."""
+    return {
         "status": "ok",
-        "metrics": metrics,
-        "extra_metrics": extra_metrics,
-        "config": resolved,
-        "config_hash": config_hash(resolved),
-        "fit_s": round(fit_s, 3),
-        "predict_s": round(t2 - t1, 3),
-        "evaluate_s": round(t3 - t2, 3),
+        "metrics": ev.metrics,
+        "extra_metrics": ev.extra_metrics,
+        "config": s.resolved,
+        "config_hash": config_hash(s.resolved),
+        "fit_s": round(fitted.fit_s, 3),
+        "predict_s": round(ev.predict_s, 3),
+        "evaluate_s": round(ev.evaluate_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "method_timings": {k: round(v, 3) for k, v in getattr(method, "timings", {}).items()},
+        "method_timings": {k: round(v, 3) for k, v in getattr(s.method, "timings", {}).items()},
         "per_image": {  # for ROC curves and galleries
-            "score": [float(v) for v in pred.image_scores], "label": labels.tolist(), "defect_type": defect_types,
-            "file": [f"{s.defect_type}/{s.path.name}" for s in dm.test_samples],
+            "score": [float(v) for v in ev.pred.image_scores], "label": ev.labels.tolist(),
+            "defect_type": ev.defect_types, "file": [f"{smp.defect_type}/{smp.path.name}" for smp in s.dm.test_samples],
         },
-        "overlays": overlays,
-        "curves": metric_curves(pred.anomaly_maps, masks) if has_masks else {},  # pixel ROC and PRO, down-sampled
-        "train_log": record_log(method),  # the method's training curve, at most 300 points per stage
-        "tensorboard": tb_dir,
-        "n_train": len(dm.train_samples),
-        "n_calibration": len(calib_samples),
-        "calibrate_s": round(t_cal, 3),
-        "calibration": calibration_record,
-        "pixel_metrics": has_masks,
-        "checkpoint": str(work_dir) if cfg.get("save_model", False) else None,
-        "n_test": len(dm.test_samples),
-        "device": str(device),
+        "overlays": [],
+        "curves": metric_curves(ev.pred.anomaly_maps, ev.masks) if s.has_masks else {},  # pixel ROC and PRO
+        "train_log": record_log(s.method),  # the method's training curve, at most 300 points per stage
+        "tensorboard": None,
+        "n_train": len(s.dm.train_samples),
+        "n_calibration": len(s.calib_samples),
+        "calibrate_s": round(fitted.calibrate_s, 3),
+        "calibration": ev.calibration_record,
+        "pixel_metrics": s.has_masks,
+        "checkpoint": None,
+        "n_test": len(s.dm.test_samples),
+        "device": str(s.ctx.device),
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
         "git_commit": git_commit(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json_atomic(out_path, record)
-    record["path"] = str(out_path)
-    title = f"{method_name} on {cfg.dataset.name}/{cfg.category} (seed {cfg.seed})"
-    if not has_masks:
+
+
+def print_summary(s: RunSetup, ev: Evaluation, record: dict[str, Any]) -> None:
+    """The metrics table, times and threshold: printed before anything is written, so a failed write loses no
+    number."""
+    cfg = s.cfg
+    title = f"{s.method_name} on {cfg.dataset.name}/{cfg.category} (seed {cfg.seed})"
+    if not s.has_masks:
         title += ": image metrics only (no masks)"
-    print(format_metrics(metrics, title))
-    for key, em in extra_metrics.items():
+    print(format_metrics(ev.metrics, title))
+    for key, em in ev.extra_metrics.items():
         print(format_metrics({k: v for k, v in em.items() if not k.startswith("auroc_")}, f"  {key} (same model)"))
+    if ev.undefined:
+        log.warning("metrics without a value (one class only?): %s", ", ".join(ev.undefined))
     print(f"fit {record['fit_s']:.1f}s  predict {record['predict_s']:.1f}s  evaluate {record['evaluate_s']:.1f}s  "
           f"peak RSS {record['peak_rss_mb']:.0f} MiB")
-    if calibration_record is not None:
-        c = calibration_record
+    if ev.calibration_record is not None:
+        c = ev.calibration_record
         rates = "" if c["test_fpr"] is None or c["test_tpr"] is None else \
             f": on the test images FPR {c['test_fpr']:.3f}, TPR {c['test_tpr']:.3f}"
         print(f"threshold {c['threshold']:.6g} (quantile {c['quantile']} of {c['n_images']} held-out normal images){rates}")
+
+
+def write_outputs(s: RunSetup, fitted: Fitted, ev: Evaluation, record: dict[str, Any],
+                  logger: str = "none") -> dict[str, Any]:
+    """Checkpoint (``save_model``), overlays (``save_maps``), TensorBoard events (``logger=tensorboard``), then
+    the record last: a record never names an output that is not complete. Returns the record with ``path``."""
+    cfg = s.cfg
+    if cfg.get("save_model", False):
+        write_checkpoint(s.work_dir, s.method, cfg, s.ctx, fitted.calibration)
+        record["checkpoint"] = str(s.work_dir)
+    if cfg.get("save_maps", False):
+        from .viz import save_overlays
+
+        record["overlays"] = [str(p) for p in save_overlays(s.dm.test_dataset(with_labels=True), ev.pred, ev.labels,
+                                                            s.maps_dir)]
+    if logger == "tensorboard":  # event files: train_log per step, final metrics, config as hyper-parameters
+        record["tensorboard"] = str(write_tensorboard(tensorboard_dir(s.results_dir, s.out_path),
+                                                      getattr(s.method, "train_log", None) or [], ev.metrics,
+                                                      s.resolved))
+    write_json_atomic(s.out_path, record)
+    record["path"] = str(s.out_path)
+    return record
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """One run of ``cfg.method`` on ``cfg.dataset`` / ``cfg.category``; returns the record it writes.
+
+    Steps: resume check, build context (data + method), fit + calibrate, predict + evaluate, print the metrics,
+    write outputs (checkpoint, overlays, record).
+    """
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    method_name = check_method(cfg)
+    results_dir = ensure_writable_dir(str(cfg.results_dir), "results_dir")
+    out_path = run_path(results_dir, resolved)
+    logger = check_logger(cfg.get("logger", "none"))
+    skipped = resume_check(cfg, out_path, logger)
+    if skipped is not None:
+        return skipped
+    setup = build_context(cfg, resolved, method_name, results_dir, out_path)
+    fitted = fit_and_calibrate(setup)
+    ev = predict_and_evaluate(setup, fitted)
+    record = make_record(setup, fitted, ev)
+    print_summary(setup, ev, record)
+    record = write_outputs(setup, fitted, ev, record, logger)
     if record["checkpoint"]:
         print(f"checkpoint: {record['checkpoint']}")
     print(f"result: {out_path}")
