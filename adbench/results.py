@@ -88,6 +88,16 @@ def clean_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None], l
     return out, bad
 
 
+def variant_of(method: str, cfg: dict) -> str:
+    """The published column a run belongs to (e.g. 'coreset 10%', '3way'); '' for single-variant methods."""
+    m = cfg.get("method", {})
+    if method == "patchcore":
+        return f"coreset {float(m.get('coreset', {}).get('ratio', 0)) * 100:g}%"
+    if method == "cutpaste":
+        return str(m.get("variant", ""))
+    return ""
+
+
 def load_runs(results_dir: str | Path) -> pd.DataFrame:
     """One row per successful run record: method, dataset, category, seed, preset, metrics, times."""
     rows = []
@@ -102,8 +112,6 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
         row = {"method": cfg.get("method", {}).get("name"), "dataset": cfg.get("dataset", {}).get("name"),
                "category": cfg.get("category"), "seed": cfg.get("seed"),
                "preset": (cfg.get("preset") or {}).get("name"), "path": str(p)}
-        from .table1 import variant_of
-
         row["variant"] = variant_of(row["method"] or "", cfg)
         row.update(rec.get("metrics", {}))
         for k in ("fit_s", "predict_s", "evaluate_s", "peak_rss_mb", "finished_at"):

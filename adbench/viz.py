@@ -1,9 +1,11 @@
-"""Figures: anomaly-map overlays (image | ground truth | heat map), ROC curves, per-category bar charts."""
+"""Figures: anomaly-map overlays (image | ground truth | heat map), ROC / PRO curves, cost against quality,
+training curves, and JPEG thumbnails of the overlays for the report."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -70,35 +72,166 @@ def save_overlays(dataset: AnomalyDataset, pred: Prediction, labels: np.ndarray,
     return written
 
 
-def roc_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> plt.Figure:
-    """Image-level ROC curves, one per (label, scores, labels)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+REFERENCE_STYLE = {"mean_image": ("#444444", (0, (5, 2))), "pixel_gaussian": ("#8c8c8c", (0, (1, 1.5)))}
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f"]
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "adbench", "font.size": 12.5, "axes.titlesize": 13,  # report figures
+       "legend.fontsize": 12, "axes.spines.top": False, "axes.spines.right": False}
 
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    for name, scores, labels in curves:
-        if len(set(labels)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, label=f"{name} ({roc_auc_score(labels, scores):.3f})")
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+
+def _report_style(fn):
+    """Run a figure builder under the report's matplotlib settings (the global ones stay untouched)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with plt.rc_context(_RC):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def style_of(method: str, index: int) -> dict[str, Any]:
+    """Line style of a table row: a palette colour for methods, grey dashes for the reference baselines."""
+    if method in REFERENCE_STYLE:
+        colour, dash = REFERENCE_STYLE[method]
+        return {"color": colour, "linestyle": dash, "linewidth": 1.6}
+    return {"color": PALETTE[index % len(PALETTE)], "linestyle": "-", "linewidth": 1.6}
+
+
+def _legend_below(fig: plt.Figure, handles: list, labels: list[str], ncol: int = 4) -> None:
+    """A legend under the axes (never over the data)."""
+    fig.legend(handles, labels, loc="lower center", ncol=min(ncol, max(len(labels), 1)), frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+
+
+@_report_style
+def curves_figure(lines: Sequence[Mapping[str, Any]], title: str) -> plt.Figure:
+    """Image ROC, pixel ROC and PRO (FPR up to 0.3) side by side; ``lines`` hold ``label``, ``style`` and any
+    of ``image`` ((scores, labels)), ``pixel_roc`` ({fpr, tpr}) and ``pro`` ({fpr, pro}); the legend is below."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 4.4 + 0.25 * ((len(lines) - 1) // 4)))
+    handles, labels = [], []
+    for ln in lines:
+        h = None
+        if ln.get("image") is not None:
+            scores, lab = ln["image"]
+            if len(set(lab)) == 2:
+                fpr, tpr, _ = roc_curve(lab, scores)
+                (h,) = axes[0].plot(fpr, tpr, **ln["style"])
+        if ln.get("pixel_roc"):
+            (h,) = axes[1].plot(ln["pixel_roc"]["fpr"], ln["pixel_roc"]["tpr"], **ln["style"])
+        if ln.get("pro"):
+            (h,) = axes[2].plot(ln["pro"]["fpr"], ln["pro"]["pro"], **ln["style"])
+        if h is not None:
+            handles.append(h)
+            labels.append(ln["label"])
+    for ax, name, xlim in ((axes[0], "image ROC", 1.0), (axes[1], "pixel ROC", 1.0), (axes[2], "PRO (FPR ≤ 0.3)", 0.3)):
+        ax.plot([0, xlim], [0, xlim] if xlim == 1.0 else [0, 0], ls=":", c="#bbbbbb", lw=1)
+        ax.set_xlim(0, xlim)
+        ax.set_ylim(0, 1.01)
+        ax.set_title(name)
+        ax.set_xlabel("false positive rate")
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel("true positive rate")
+    axes[2].set_ylabel("per-region overlap")
+    for ax in axes[1:]:
+        if not ax.lines[:-1]:
+            ax.text(0.5, 0.5, "no pixel curves in the records", ha="center", va="center", color="#888888",
+                    transform=ax.transAxes)
+    fig.suptitle(title, x=0.01, ha="left", fontsize=14)
+    fig.tight_layout(rect=(0, 0.07 + 0.055 * ((len(labels) - 1) // 4), 1, 1))
+    _legend_below(fig, handles, labels, ncol=4)
     return fig
 
 
-def bar_figure(df, metric: str) -> plt.Figure:
-    """Per-category bars of ``metric``, one colour per method (seaborn)."""
-    import seaborn as sns
-
-    cats = sorted(df["category"].unique())
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(cats) + 2), 3.2))
-    sns.barplot(data=df, x="category", y=metric, hue="method", order=cats, ax=ax, errorbar=None)
-    ax.set_ylim(max(0.0, float(df[metric].min()) - 0.05), 1.0)
-    ax.set_xlabel("")
-    ax.set_title(metric.replace("_", " "))
-    ax.legend(fontsize=7, loc="lower left")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
+@_report_style
+def cost_figure(points: Sequence[Mapping[str, Any]], metric: str = "image AUROC (%)") -> plt.Figure:
+    """Quality against cost: ``points`` hold ``label``, ``colour``, ``marker``, ``seconds`` (fit + predict),
+    ``memory_mb`` and ``value``; one panel per cost, legend below."""
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.6), sharey=True)
+    seen: dict[str, Any] = {}
+    for p in points:
+        for ax, x in ((axes[0], p.get("seconds")), (axes[1], p.get("memory_mb"))):
+            if x is None or p.get("value") is None:
+                continue
+            h = ax.scatter([x], [p["value"]], color=p["colour"], marker=p["marker"], s=55, edgecolor="white",
+                           linewidth=0.6, zorder=3)
+            seen.setdefault(p["label"], h)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("fit + predict time (s, log scale)")
+    axes[1].set_xlabel("peak resident memory (MB)")
+    axes[0].set_ylabel(metric)
+    for ax in axes:
+        ax.grid(alpha=0.25)
+    fig.tight_layout(rect=(0, 0.07 + 0.055 * ((len(seen) - 1) // 4), 1, 1))
+    _legend_below(fig, list(seen.values()), list(seen), ncol=4)
     return fig
+
+
+@_report_style
+def training_figure(series: Sequence[Mapping[str, Any]], title: str,
+                    keys: Sequence[str] = ("loss", "acc", "val_ratio")) -> plt.Figure | None:
+    """Training curves against step, one panel per (stage, key) present; ``series`` hold ``label``, ``colour``,
+    ``alpha`` and ``log`` (a train_log). None when no series has a logged value."""
+    panels: list[tuple[str, str]] = []
+    for s in series:
+        for e in s["log"]:
+            for k in keys:
+                if e.get(k) is not None and (e["stage"], k) not in panels:
+                    panels.append((e["stage"], k))
+    if not panels:
+        return None
+    panels.sort(key=lambda p: (p[0], keys.index(p[1])))
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(min(11.0, 3.2 * n + 1.2), 3.9), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (stage, key) in zip(axes[0], panels):
+        for s in series:
+            pts = [(e["step"], e[key]) for e in s["log"] if e["stage"] == stage and e.get(key) is not None]
+            if pts:
+                (h,) = ax.plot(*zip(*pts), color=s["colour"], alpha=s.get("alpha", 1.0), lw=1.4)
+                handles.setdefault(s["label"], h)
+        ax.set_title(f"{stage}: {key}" if stage != "train" else key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.25)
+        vals = [e[key] for s in series for e in s["log"] if e["stage"] == stage and e.get(key) is not None]
+        if key == "loss" and vals and min(vals) > 0 and max(vals) / min(vals) > 30:
+            ax.set_yscale("log")
+    fig.suptitle(title, x=0.01, ha="left", fontsize=14)
+    fig.tight_layout(rect=(0, 0.1 + 0.06 * ((len(handles) - 1) // 4), 1, 1))
+    _legend_below(fig, list(handles.values()), list(handles), ncol=4)
+    return fig
+
+
+@_report_style
+def svg_uri(fig: plt.Figure) -> str:
+    """The figure as a self-contained ``data:image/svg+xml`` URI (text kept as text: small and sharp)."""
+    import base64
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def thumbnail_jpeg(path: str | Path, width: int = 330, quality: int = 70) -> bytes | None:
+    """An overlay PNG cut to its image row (titles above and white margins dropped), resized to ``width`` px,
+    as JPEG bytes; None when the file is missing or unreadable."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path).convert("RGB")
+    except OSError:
+        return None
+    a = np.asarray(img)
+    ink = (a < 235).any(axis=2)  # non-white pixels
+    rows = np.flatnonzero(ink.mean(axis=1) > 0.3)  # rows crossing the image panels, not title text
+    cols = np.flatnonzero(ink.any(axis=0))
+    if len(rows) and len(cols):
+        img = img.crop((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
+    h = max(1, round(img.height * width / img.width))
+    buf = io.BytesIO()
+    img.resize((width, h), Image.LANCZOS).save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()

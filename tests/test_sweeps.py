@@ -52,8 +52,9 @@ def test_report_from_sweep_has_tables_plots_and_overlays(parallel_sweep):
     results, _ = parallel_sweep
     html = build_report(results).read_text()
     assert html.count("<table") >= 1 and "washer" in html and "weave" in html
-    assert html.count("data:image/png;base64,") >= 2 + 2 + 2 * 6  # bars, ROC per category, 6 overlays per run
-    assert "Anomaly maps" in html and "<script" not in html  # static, self-contained
+    assert html.count("data:image/svg+xml;base64,") >= 1 + 2  # cost figure, ROC / PRO curves per category
+    assert html.count("data:image/jpeg;base64,") >= 2 * 6  # 6 overlay thumbnails per run
+    assert "Best and worst" in html and "<script" not in html  # static, self-contained
 
 
 def test_bad_config_job_is_recorded_as_failed(tmp_path, small_synthetic_root):

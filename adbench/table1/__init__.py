@@ -1,0 +1,275 @@
+"""Table 1 as pure functions of the run records: DataFrames and Markdown, ours beside the published numbers.
+
+Rows are method variants (PatchCore coreset 25 / 10 / 1 %, CutPaste normal / scar / 3-way, every other landed
+method) and the two reference baselines (``mean_image``, ``pixel_gaussian``: no model, shown beside every
+method); per category our image AUROC (mean ± std over seeds, newest record per variant / category / seed),
+the published one, their difference, our pixel AUROC and AUPRO, and per-defect image AUROC. ``python -m
+adbench.table1`` (``make table1``) runs the sweeps and writes the files (see ``__main__``).
+"""
+
+from __future__ import annotations
+
+import math
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.mvtec import OBJECTS, TEXTURES
+from ..results import load_runs, variant_of  # noqa: F401  (variant_of: re-exported for callers)
+
+PUBLISHED = Path(__file__).resolve().parent.parent / "published" / "table1.csv"
+ORDER = list(TEXTURES) + list(OBJECTS)  # the papers' row order
+# per method: the sweep over the paper's variants (Hydra override and values)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "patchcore": ("method.coreset.ratio", ["0.25", "0.1", "0.01"]),
+    "cutpaste": ("method.variant", ["normal", "scar", "3way"]),
+}
+REFERENCE = ("mean_image", "pixel_gaussian")  # reference baselines: no model, seed-independent
+TABLE_METHODS = ("patchcore", "cutpaste", "lora_mae", "vae_energy", *REFERENCE)
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+NAMES = {"patchcore": "PatchCore", "cutpaste": "CutPaste", "lora_mae": "LoRA-MAE", "vae_energy": "VAE-energy",
+         "mean_image": "mean image", "pixel_gaussian": "pixel Gaussian"}
+SOURCES = {"patchcore": "PatchCore (Roth et al. 2022, Table S1; paper: WRN-50)",
+           "cutpaste": "CutPaste (Li et al. 2021, Table 1; paper: ResNet-18)",
+           "lora_mae": "LoRA-MAE (no published Table 1)", "vae_energy": "VAE + energy projection (no published Table 1)",
+           "mean_image": "Reference: distance to the mean training image (no model)",
+           "pixel_gaussian": "Reference: per-pixel Gaussian z-score of raw pixels (no model)"}
+
+
+def variants_of(method: str) -> list[str]:
+    """The variant names a method has in the table ('' for single-variant methods)."""
+    if method == "patchcore":
+        return [f"coreset {float(v) * 100:g}%" for v in VARIANTS["patchcore"][1]]
+    return list(VARIANTS[method][1]) if method in VARIANTS else [""]
+
+
+def label(method: str, variant: str = "") -> str:
+    """Short display name: 'PatchCore 10%', 'CutPaste 3-way', 'pixel Gaussian (ref.)'."""
+    name = NAMES.get(method, method)
+    v = variant.replace("coreset ", "").replace("3way", "3-way")
+    return f"{name} {v}".strip() + (" (ref.)" if method in REFERENCE else "")
+
+
+def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
+    """Long table: method, variant, metric, category, value (percent)."""
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    wide = pd.read_csv(StringIO("\n".join(lines)))
+    return wide.melt(id_vars=["method", "variant", "metric"], var_name="category", value_name="value")
+
+
+def newest(runs: pd.DataFrame) -> pd.DataFrame:
+    """Only the newest record of each (method, variant, dataset, category, seed, preset): when a config changed
+    since an earlier run, the stale record does not count."""
+    if runs.empty:
+        return runs
+    keys = [k for k in ("method", "variant", "dataset", "category", "seed", "preset") if k in runs]
+    return runs.sort_values("finished_at", na_position="first", kind="stable").drop_duplicates(keys, keep="last")
+
+
+def select(runs: pd.DataFrame, preset: str | None, methods: list[str] | None = None,
+           dataset: str | None = "mvtec") -> pd.DataFrame:
+    """The records a table counts: one dataset and preset (None: any), the given methods, newest per seed."""
+    if runs.empty:
+        return runs
+    keep = pd.Series(True, index=runs.index)
+    if dataset is not None:
+        keep &= runs.dataset == dataset
+    if preset is not None:
+        keep &= runs.preset == preset
+    if methods is not None:
+        keep &= runs.method.isin(methods)
+    return newest(runs[keep])
+
+
+def _pct(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(100 * float(v), 1)
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, variant, dataset, category): mean and std (over seeds, sample std; NaN for one seed) of the
+    metrics in percent, the seeds, and the mean fit / predict seconds and peak memory."""
+    cols = ["method", "variant", "dataset", "category"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, g in runs.groupby(cols, sort=False, dropna=False):
+        row = dict(zip(cols, key))
+        for m in METRICS:
+            vals = g[m].dropna().astype(float) if m in g else pd.Series(dtype=float)
+            row[m] = _pct(vals.mean()) if len(vals) else None
+            row[f"{m}_std"] = _pct(vals.std(ddof=1)) if len(vals) > 1 else None
+        row["n_runs"] = int(len(g))
+        row["seeds"] = ",".join(str(s) for s in sorted(g.seed.dropna().astype(int).unique()))
+        for k in ("fit_s", "predict_s", "peak_rss_mb"):
+            row[k] = float(g[k].astype(float).mean()) if k in g and g[k].notna().any() else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build(results: Path, preset: str, methods: list[str]) -> pd.DataFrame:
+    """Long table, one row per (method, variant, category) for the 15 categories and a mean row: ours
+    (``image_auroc`` and its ``_std``), ``published_image_auroc``, ``diff``, ``pixel_auroc``, ``aupro`` (with
+    stds), ``n_runs``, ``seeds``, ``role`` ('method' or 'reference'), ``label``."""
+    agg = aggregate(select(load_runs(results), preset, methods))
+    pub = load_published()
+    pub_img = pub[pub.metric == "image_auroc"]
+    rows = []
+    for method in methods:
+        for variant in variants_of(method):
+            cat_rows = []
+            for cat in ORDER:
+                a = agg[(agg.method == method) & (agg.variant == variant) & (agg.category == cat)] \
+                    if not agg.empty else agg
+                r = a.iloc[0].to_dict() if len(a) else {}
+                p = pub_img[(pub_img.method == method) & (pub_img.variant == variant) & (pub_img.category == cat)]
+                published = float(p.value.iloc[0]) if len(p) else None
+                ours = r.get("image_auroc")
+                cat_rows.append({"method": method, "variant": variant, "label": label(method, variant),
+                                 "role": "reference" if method in REFERENCE else "method", "category": cat,
+                                 "image_auroc": ours, "image_auroc_std": r.get("image_auroc_std"),
+                                 "published_image_auroc": published,
+                                 "diff": round(ours - published, 1) if ours is not None and published is not None else None,
+                                 "pixel_auroc": r.get("pixel_auroc"), "pixel_auroc_std": r.get("pixel_auroc_std"),
+                                 "aupro": r.get("aupro"), "aupro_std": r.get("aupro_std"),
+                                 "n_runs": int(r.get("n_runs", 0)), "seeds": r.get("seeds", "")})
+            done = [r for r in cat_rows if r["image_auroc"] is not None]
+            p = pub_img[(pub_img.method == method) & (pub_img.variant == variant) & (pub_img.category == "mean")]
+            pmean = float(p.value.iloc[0]) if len(p) else None
+
+            def mean(k: str) -> float | None:
+                vals = [r[k] for r in done]
+                return round(sum(vals) / len(vals), 1) if vals and all(v is not None for v in vals) else None
+
+            full = len(done) == len(ORDER)
+            rows += cat_rows
+            rows.append({"method": method, "variant": variant, "label": label(method, variant),
+                         "role": "reference" if method in REFERENCE else "method", "category": "mean",
+                         "categories_run": len(done), "image_auroc": mean("image_auroc"),
+                         "published_image_auroc": pmean,
+                         "diff": round(mean("image_auroc") - pmean, 1) if full and pmean is not None else None,
+                         "pixel_auroc": mean("pixel_auroc"), "aupro": mean("aupro"),
+                         "n_runs": sum(r["n_runs"] for r in done), "seeds": ""})
+    return pd.DataFrame(rows)
+
+
+def per_defect(results: Path, preset: str | None, methods: list[str], dataset: str | None = "mvtec") -> pd.DataFrame:
+    """Per-defect image AUROC (good test images against one defect type), percent: one row per (method,
+    variant, category, defect) with mean and std over seeds and the number of runs."""
+    runs = select(load_runs(results), preset, methods, dataset)
+    cols = ["method", "variant", "label", "role", "category", "defect", "auroc", "auroc_std", "n_runs"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    defect_cols = [c for c in runs.columns if c.startswith("auroc_")]
+    for (method, variant, cat), g in runs.groupby(["method", "variant", "category"], sort=False):
+        for c in defect_cols:
+            vals = g[c].dropna().astype(float)
+            if len(vals):
+                rows.append({"method": method, "variant": variant, "label": label(method, variant),
+                             "role": "reference" if method in REFERENCE else "method", "category": cat,
+                             "defect": c[len("auroc_"):], "auroc": _pct(vals.mean()),
+                             "auroc_std": _pct(vals.std(ddof=1)) if len(vals) > 1 else None, "n_runs": int(len(vals))})
+    out = pd.DataFrame(rows, columns=cols)
+    rank = {(m, v): i for i, (m, v) in enumerate((m, v) for m in methods for v in variants_of(m))}
+    out["_cat"] = out.category.map(lambda c: ORDER.index(c) if c in ORDER else len(ORDER))
+    out["_row"] = [rank.get((m, v), len(rank)) for m, v in zip(out.method, out.variant)]
+    return out.sort_values(["_cat", "category", "_row", "defect"], kind="stable").drop(columns=["_cat", "_row"]) \
+        .reset_index(drop=True)
+
+
+def _nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt(v) -> str:
+    return "–" if _nan(v) else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def fmt_pm(mean, std, n: int | None = None) -> str:
+    """'99.7', '99.7 ± 0.3 (n=3)' or '–'."""
+    if _nan(mean):
+        return "–"
+    if _nan(std):
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {std:.1f}" + (f" (n={n})" if n else "")
+
+
+def categories_run(table: pd.DataFrame) -> list[str]:
+    """Categories (paper order) where at least one variant has a result."""
+    done = set(table[(table.category != "mean") & table.image_auroc.notna()].category) if not table.empty else set()
+    return [c for c in ORDER if c in done]
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """One block per category run: every variant, then the reference rows; mean ± std where seeds > 1."""
+    head = "| category | method | image AUROC | paper | Δ | pixel AUROC | AUPRO | seeds |"
+    out = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
+    for cat in categories_run(table):
+        sub = table[table.category == cat]
+        for role in ("method", "reference"):
+            for r in sub[sub.role == role].itertuples(index=False):
+                if _nan(r.image_auroc):
+                    continue
+                d = "–" if _nan(r.diff) else f"{r.diff:+.1f}"
+                name = f"*{r.label}*" if role == "reference" else r.label
+                out.append(f"| {cat} | {name} | {fmt_pm(r.image_auroc, r.image_auroc_std)} | "
+                           f"{_fmt(r.published_image_auroc)} | {d} | {fmt_pm(r.pixel_auroc, r.pixel_auroc_std)} | "
+                           f"{fmt_pm(r.aupro, r.aupro_std)} | {r.n_runs} ({r.seeds}) |")
+    return "\n".join(out)
+
+
+def defects_markdown(defects: pd.DataFrame) -> str:
+    """Per category: rows = variants (reference rows last), columns = defect types, image AUROC (%)."""
+    out = []
+    for cat, sub in defects.groupby("category", sort=False):
+        kinds = sorted(sub.defect.unique())
+        out += [f"### {cat}", "", "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for (lab, role), g in sub.groupby(["label", "role"], sort=False):
+            vals = {r.defect: fmt_pm(r.auroc, r.auroc_std) for r in g.itertuples(index=False)}
+            name = f"*{lab}*" if role == "reference" else lab
+            out.append(f"| {name} | " + " | ".join(vals.get(k, "–") for k in kinds) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def paper_markdown(table: pd.DataFrame) -> list[str]:
+    """The papers' layout: per method, the 15 categories and the mean; per variant ours | paper | Δ | pixel | AUPRO."""
+    out = []
+    for method, sub in table[table.role == "method"].groupby("method", sort=False):
+        variants = list(dict.fromkeys(sub.variant))
+        out += [f"### {SOURCES.get(method, method)}", ""]
+        head = ["category"]
+        for v in variants:
+            tag = f"{v} " if v else ""
+            head += [f"{tag}ours", f"{tag}paper", "Δ", "pixel AUROC", "AUPRO"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        for cat in dict.fromkeys(sub.category):
+            cells = [cat if cat != "mean" else f"mean ({int(sub.categories_run.max())}/{len(ORDER)} run)"]
+            for v in variants:
+                r = sub[(sub.variant == v) & (sub.category == cat)].iloc[0]
+                cells += [_fmt(r.image_auroc), _fmt(r.published_image_auroc),
+                          "–" if _nan(r["diff"]) else f"{r['diff']:+.1f}", _fmt(r.pixel_auroc), _fmt(r.aupro)]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def to_markdown(table: pd.DataFrame, preset: str, command: str, defects: pd.DataFrame | None = None) -> str:
+    """table1.md: the categories run (methods and reference rows), per-defect AUROC, then the papers' layout."""
+    run = categories_run(table)
+    missing = [c for c in ORDER if c not in run]
+    out = ["# Table 1: MVTec AD, ours beside the published numbers (%)", "",
+           f"Preset `{preset}`. Reproduce with `{command}`. Published numbers: `adbench/published/table1.csv` "
+           "(sources cited there). '–': not run (or not published). Δ = ours − published image AUROC. "
+           "Mean ± sample std over seeds where a variant has several (seeds column: runs and seeds); only the newest "
+           "record of each variant, category and seed counts. *Reference* rows (no model) are the floor a method "
+           "has to clear.", "",
+           f"Categories run: {', '.join(run) or 'none'} ({len(run)}/{len(ORDER)}). "
+           f"Not run: {', '.join(missing) or 'none'}.", "",
+           "## Categories run", "", summary_markdown(table), ""]
+    if defects is not None and not defects.empty:
+        out += ["## Per-defect image AUROC (good test images against one defect type)", "", defects_markdown(defects)]
+    out += ["## Paper layout (15 categories)", ""] + paper_markdown(table)
+    return "\n".join(out)
