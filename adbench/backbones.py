@@ -99,7 +99,13 @@ def load_state_dict_file(model: nn.Module, path: str | Path, ignore_prefixes: Se
     if not isinstance(state, dict):
         raise WeightsError(f"weights file {p} does not hold a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape, e.g. a resnet50 file for wide_resnet50_2
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip().startswith("size mismatch")]
+        first = (lines[0] if lines else str(err).splitlines()[0]).rstrip(".")
+        raise WeightsError(f"weights file {p} does not fit the backbone: {len(lines) or 'some'} tensors of the wrong "
+                           f"shape, e.g. {first}; pass a file written for this backbone (method.backbone.weights)") from None
     missing = [k for k in missing if not k.startswith(tuple(ignore_prefixes))]
     if missing:
         raise WeightsError(f"weights file {p} does not fit the backbone: {len(missing)} missing keys, e.g. {missing[:3]}")

@@ -152,25 +152,34 @@ def _both(x: np.ndarray, n_select: int, **kw) -> tuple[np.ndarray, np.ndarray, d
     return plain, fast, stats
 
 
-@pytest.mark.parametrize("kind", ["gauss", "clusters", "lowdim", "duplicates", "grid"])
+@pytest.mark.parametrize("kind", ["clusters", "noisy_clusters", "lowdim", "duplicates", "grid"])
 def test_accelerated_coreset_equals_plain(kind):
+    """Every case leaves dense mode: the indices agree although most distances were skipped."""
     rng = np.random.default_rng(7)
     n, d = 6000, 128
-    if kind == "gauss":  # high intrinsic dimension: little to prune, must still agree
-        x = rng.standard_normal((n, d))
-    elif kind == "clusters":
+    if kind == "clusters":
         x = 3 * rng.standard_normal((40, d))[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, d))
+    elif kind == "noisy_clusters":  # 100 centres, wide high-dimensional spread inside each
+        x = 3 * rng.standard_normal((100, d))[rng.integers(0, 100, n)] + 0.5 * rng.standard_normal((n, d))
     elif kind == "lowdim":
         x = rng.standard_normal((n, 3)) @ rng.standard_normal((3, d))
-    elif kind == "duplicates":  # exact ties in min_d: first index wins in both
-        x = np.repeat(rng.standard_normal((n // 4, d)), 4, axis=0)
+    elif kind == "duplicates":  # exact ties in min_d (every row four times): first index wins in both
+        x = np.repeat(rng.standard_normal((n // 4, 4)) @ rng.standard_normal((4, d)), 4, axis=0)
     else:  # small integer grid, 5 dims: many exactly equal distances
         x = rng.integers(0, 6, (n, 5)).astype(np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
     plain, fast, stats = _both(x, 900, start_points=10, seed=3)
+    assert stats["sparse_steps"] >= 700, stats  # pruning started at the first or second check (64 steps each)
+    assert stats["distances"] < 0.2 * n * 900, stats
     assert np.array_equal(plain, fast)
-    if kind in ("clusters", "lowdim", "grid"):  # the sparse steps really ran
-        assert stats["distances"] < 0.5 * n * 900, stats
+
+
+def test_accelerated_coreset_stays_dense_without_structure():
+    """High intrinsic dimension: the triangle inequality rules nothing out, so no sparse step is taken."""
+    x = np.random.default_rng(7).standard_normal((6000, 128)).astype(np.float32)
+    plain, fast, stats = _both(x, 300, start_points=10, seed=3)
+    assert stats["sparse_steps"] == 0 and stats["distances"] == 6000 * 300, stats
+    assert np.array_equal(plain, fast)
 
 
 def test_accelerated_coreset_equals_plain_on_patch_features(small_synthetic_root):
@@ -190,9 +199,11 @@ def test_accelerated_coreset_equals_plain_on_patch_features(small_synthetic_root
     from methods.patchcore.coreset import project
 
     bank = project(feats, 128, seed=0).numpy()
-    plain, fast, _ = _both(bank, len(bank) // 10)
+    n_select = len(bank) // 4  # 512: pruning starts at a check after 64 selections and then pays off
+    plain, fast, stats = _both(bank, n_select)
+    assert stats["sparse_steps"] >= n_select // 2 and stats["distances"] < 0.5 * len(bank) * n_select, stats
     assert np.array_equal(plain, fast)
-    idx = greedy_coreset(feats, len(bank) // 10, projection_dim=128, show_progress=False)  # default: accelerated
+    idx = greedy_coreset(feats, n_select, projection_dim=128, show_progress=False)  # default: accelerated
     assert np.array_equal(idx.numpy(), plain)
 
 
@@ -234,7 +245,8 @@ def test_patchcore_options_stream_dtype_algorithm(small_synthetic_root):
     dm = SyntheticDataModule(root=small_synthetic_root, category="washer", image_size=64, crop_size=None,
                              batch_size=8, num_workers=0, n_train=12, n_test_good=6, n_per_defect=3,
                              synth_size=128).setup()
-    cfg = compose_cfg(["preset=tiny"]).method
+    # 12 images x 64 patches, half kept: 384 selections, so the accelerated coreset gets past its first checks
+    cfg = compose_cfg(["preset=tiny", "method.coreset.ratio=0.5"]).method
 
     def make(**opts):
         c = cfg.copy()
@@ -255,6 +267,8 @@ def test_patchcore_options_stream_dtype_algorithm(small_synthetic_root):
     assert torch.equal(models["plain"].bank, models["fast"].bank)
     assert torch.equal(models["disk"].bank, models["fast"].bank)  # features on disk: the same memory bank
     assert models["fast"].timings["backbone_s"] > 0 and models["fast"].coreset_stats["algorithm"] == "accelerated"
+    assert models["fast"].coreset_stats["sparse_steps"] > 0, models["fast"].coreset_stats  # it really pruned
+    assert len(models["fast"].bank) == int(768 * 0.5)
     s32 = models["fast"].predict(dm.test_dataloader()).image_scores
     s16 = models["half"].predict(dm.test_dataloader()).image_scores
     assert np.allclose(s16, s32, rtol=0.02, atol=0.02)

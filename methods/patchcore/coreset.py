@@ -257,10 +257,12 @@ class _Accelerated:
         selected = np.empty(self.n_select, dtype=np.int64)
         sparse = False
         window = 0  # distances computed since the last mode check
+        sparse_steps = switches_to_dense = 0
         for k in progress(range(self.n_select), "coreset (accelerated)", show, total=self.n_select, unit="pt"):
             if sparse:
                 selected[k] = idx = self._argmax()
                 window += self._sparse_step(k, idx)
+                sparse_steps += 1
             else:
                 selected[k] = idx = int(np.argmax(self.min_d))  # first index of the maximum, as the plain loop
                 self._dense_step(k, idx)
@@ -271,11 +273,13 @@ class _Accelerated:
                     sparse = True
                 elif sparse and window > _DENSE_FRACTION * n * _CHECK:
                     sparse = False  # pruning stopped paying off: full passes again (state stays valid)
+                    switches_to_dense += 1
                 elif sparse and (self.used > 2 * n or k + 1 - self.last_compact >= max(1024, k // 2)):
                     self._compact(k + 1)  # drop stale members, tighten keys and radii
                 window = 0
         if self.stats is not None:
-            self.stats.update(algorithm="accelerated", distances=int(self.computed), full_passes=self.computed / n)
+            self.stats.update(algorithm="accelerated", distances=int(self.computed), full_passes=self.computed / n,
+                              sparse_steps=sparse_steps, switches_to_dense=switches_to_dense)
         return selected
 
     def _set_centre(self, k: int, idx: int) -> None:

@@ -28,10 +28,12 @@ from adbench.data.errors import ConfigError
 from adbench.registry import register_method
 from adbench.utils import load_method_state, save_method_state, progress
 
+from .knn import KnnSpec, build_index, index_kind, set_search_params
 from .coreset import ALGORITHMS, greedy_coreset, project, projection_matrix, select_coreset
 from .model import PatchFeatures
 
 CHECKPOINT_VERSION = 1
+SCORE_DISTANCES = ("squared", "euclidean")
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _PROJECT_CHUNK = 16384  # rows per projection matmul, at fixed offsets (same numbers streamed or not)
 
@@ -100,8 +102,11 @@ class PatchCore:
             raise ConfigError(f"method.coreset.algorithm={algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if str(cfg.get("bank_storage", "memory")) not in ("memory", "disk"):
             raise ConfigError(f"method.bank_storage={cfg.get('bank_storage')!r}; choose memory or disk")
-        if str(cfg.get("bank_storage", "memory")) == "disk" and (cfg.coreset.get("exact") or not cfg.coreset.get("projection_dim")):
-            raise ConfigError("method.bank_storage=disk needs the projected coreset (method.coreset.projection_dim, exact=false)")
+        if str(cfg.get("bank_storage", "memory")) == "disk" and self._unprojected(cfg):
+            raise ConfigError("method.bank_storage=disk needs the projected coreset: set method.coreset.projection_dim=128")
+        if str(cfg.get("score_distance", "squared")) not in SCORE_DISTANCES:
+            raise ConfigError(f"method.score_distance={cfg.get('score_distance')!r}; choose squared or euclidean")
+        self.knn = KnnSpec.from_cfg(cfg.get("knn"))
         if str(cfg.get("bank_dtype", "float32")) not in BANK_DTYPES:
             raise ConfigError(f"method.bank_dtype={cfg.get('bank_dtype')!r}; choose float32 or float16")
         bb = cfg.backbone
@@ -150,7 +155,7 @@ class PatchCore:
         x = x.to(self.device, non_blocking=True)
         if self.cfg.get("channels_last", True):
             x = x.contiguous(memory_format=torch.channels_last)
-        use_amp = self.device.type == "cuda" and self.cfg.get("amp", True)
+        use_amp = self.device.type == "cuda" and bool(self.cfg.get("amp", False))  # paper: float32
         # CPU: a few images at a time keep the activations in cache and the peak memory low; GPU: the whole batch
         step = int(self.cfg.get("embed_batch", 4) or len(x)) if self.device.type == "cpu" else len(x)
         parts = []
@@ -202,11 +207,16 @@ class PatchCore:
             raise ValueError(f"{desc}: empty loader")
         return {"emb": emb_all[:row], "grid": torch.tensor(self.grid), "input_size": torch.tensor(size)}
 
+    @staticmethod
+    def _unprojected(cfg: DictConfig) -> bool:
+        """Greedy on the unprojected features: ``coreset.projection_dim=null`` (or the legacy ``exact=true`` of
+        checkpoints written before the rename)."""
+        return bool(cfg.coreset.get("exact")) or not cfg.coreset.get("projection_dim")
+
     def _projection_dim(self, d: int) -> int | None:
-        proj = self.cfg.coreset.get("projection_dim")
-        if self.cfg.coreset.get("exact") or not proj or int(proj) >= d:
+        if self._unprojected(self.cfg) or int(self.cfg.coreset.projection_dim) >= d:
             return None
-        return int(proj)
+        return int(self.cfg.coreset.projection_dim)
 
     def _stream_train(self, loader: DataLoader) -> tuple[torch.Tensor | "_DiskBank", torch.Tensor | None]:
         """Embeddings of all train images streamed into a preallocated bank [N*h*w, D] (``bank_dtype``; with
@@ -267,7 +277,7 @@ class PatchCore:
             feats, proj = self._stream_train(train_loader)  # [N*h*w, D], [N*h*w, d]
         t1 = time.perf_counter()
         n_rows = feats.shape[0]
-        n_select = max(1, int(round(n_rows * float(self.cfg.coreset.ratio))))
+        n_select = max(1, int(n_rows * float(self.cfg.coreset.ratio)))  # the official sampler's int(N * ratio)
         idx = self._select(feats if proj is None else proj, n_select)
         del proj
         if isinstance(feats, _DiskBank):
@@ -295,11 +305,16 @@ class PatchCore:
         arr = bank.numpy() if bank.dtype == torch.float32 else bank.float().numpy()
         return select_coreset(arr, n_select, start, seed, self.ctx.progress, algorithm, self.coreset_stats)
 
-    def _build_index(self, bank: torch.Tensor | None = None) -> None:
-        """Exact L2 index of the memory bank; on CPU ``self.bank`` is a view of the index's own storage."""
+    def _build_index(self, bank: torch.Tensor | None = None, index: faiss.Index | None = None) -> None:
+        """The ``method.knn`` index of the memory bank (``index``: one read from a checkpoint). Exact search on
+        CPU: ``self.bank`` is a view of the index's own storage; approximate indexes run on the CPU."""
         bank = self.bank if bank is None else bank
         assert bank is not None
         m, d = bank.shape
+        if self.knn.index != "flat":
+            self.index = set_search_params(index, self.knn) if index is not None else build_index(bank.numpy(), self.knn)
+            self.bank = bank
+            return
         index = faiss.IndexFlatL2(d)
         if _use_gpu_faiss(self.device):
             self._gpu_res = faiss.StandardGpuResources()
@@ -312,21 +327,29 @@ class PatchCore:
         self.index = index
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's squared L2 distances [Q, k] (clamped at 0) and bank row ids [Q, k] (-1: fewer than k found)."""
         assert self.index is not None
         q = np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32)
         d2, ids = self.index.search(q, k)
-        return np.sqrt(np.maximum(d2, 0)), ids
+        return np.maximum(d2, 0), ids
+
+    def _patch_scores(self, d2: np.ndarray) -> np.ndarray:
+        """Squared distances [Q, k] -> patch scores [Q]: the mean over the k neighbours of the squared distance
+        (``score_distance=squared``, the official code) or of the distance (``euclidean``)."""
+        dist = d2 if str(self.cfg.get("score_distance", "squared")) == "squared" else np.sqrt(d2)
+        return dist.mean(axis=1)
 
     def _reweight(self, emb: torch.Tensor, patch_scores: np.ndarray, nn_ids: np.ndarray) -> np.ndarray:
         """Paper eq. 7: scale the max patch score by how isolated its nearest memory patch is."""
-        b_nn = int(self.cfg.reweight_neighbours)
-        out = np.empty(len(patch_scores), dtype=np.float32)
         assert self.bank is not None
+        b_nn = min(int(self.cfg.reweight_neighbours), len(self.bank))  # faiss pads missing neighbours with -1
+        out = np.empty(len(patch_scores), dtype=np.float32)
         for i in range(len(patch_scores)):
             j = int(np.argmax(patch_scores[i]))
             m_star = int(nn_ids[i, j, 0])
             _, neigh = self._search(self.bank[m_star : m_star + 1], b_nn)  # N_b(m*), includes m* itself
-            d = torch.cdist(emb[i, j][None].cpu(), self.bank[neigh[0]])[0]  # [b]
+            neigh = neigh[0][neigh[0] >= 0]
+            d = torch.cdist(emb[i, j][None].cpu(), self.bank[neigh])[0]  # [b]
             w = 1.0 - torch.softmax(d.double(), 0)[0].item()
             out[i] = w * patch_scores[i, j]
         return out
@@ -363,8 +386,8 @@ class PatchCore:
             t_embed += dt
             b, p, d = emb.shape
             ts = time.perf_counter()
-            dist, ids = self._search(emb.reshape(b * p, d), k)  # [B*h*w, k]
-            patch = dist.mean(axis=1).reshape(b, p)  # [B, h*w]
+            d2, ids = self._search(emb.reshape(b * p, d), k)  # [B*h*w, k]
+            patch = self._patch_scores(d2).reshape(b, p)  # [B, h*w]
             t_search += time.perf_counter() - ts
             tp = time.perf_counter()
             if self.cfg.get("reweight", False):
@@ -389,14 +412,16 @@ class PatchCore:
         save_method_state(out / "patchcore.pt", "patchcore", CHECKPOINT_VERSION, self.cfg, layers=self.layers,
                           grid=list(self.grid or ()), backbone=self.backbone.state_dict(), bank=self.bank)
         index = self.index
-        if _use_gpu_faiss(self.device):
+        if self.knn.index == "flat" and _use_gpu_faiss(self.device):
             index = faiss.index_gpu_to_cpu(index)
         faiss.write_index(index, str(out / "index.faiss"))
 
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "PatchCore":
         """Restore a fitted model without refitting (no weights download: the backbone is in the file)."""
-        state, cfg = load_method_state(Path(directory) / "patchcore.pt", "patchcore", CHECKPOINT_VERSION)
+        path = Path(directory) / "patchcore.pt"
+        state, cfg = load_method_state(path, "patchcore", CHECKPOINT_VERSION)
+        bank = _checked_bank(state.get("bank"), path)
         cfg.backbone.weights = "none"
         self = cls(cfg, ctx)
         self.backbone.load_state_dict(state["backbone"])
@@ -404,5 +429,25 @@ class PatchCore:
         self._register_backbone_timer()
         self.layers = list(state["layers"])
         self.grid = tuple(state["grid"]) or None
-        self._build_index(state["bank"].float().contiguous())
+        index = None
+        index_file = Path(directory) / "index.faiss"
+        if self.knn.index != "flat" and index_file.is_file():  # the approximate index as fitted (no re-training)
+            index = faiss.read_index(str(index_file))
+            if index_kind(index) != self.knn.index or index.ntotal != len(bank) or index.d != bank.shape[1]:
+                raise ConfigError(f"{index_file} does not match {path} (a {index_kind(index)} index of "
+                                  f"{index.ntotal} x {index.d}, bank {tuple(bank.shape)}); retrain with save_model=true")
+        self._build_index(bank, index)
         return self
+
+
+def _checked_bank(bank: object, path: Path) -> torch.Tensor:
+    """The memory bank of a checkpoint as float32 [M, D]; empty, misshapen or non-finite -> ConfigError naming the file."""
+    if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or bank.shape[0] == 0 or bank.shape[1] == 0:
+        shape = tuple(bank.shape) if isinstance(bank, torch.Tensor) else type(bank).__name__
+        raise ConfigError(f"{path}: the memory bank is empty or not a [M, D] matrix ({shape}); retrain with save_model=true")
+    bank = bank.float().contiguous()
+    bad = int((~torch.isfinite(bank)).any(dim=1).sum())
+    if bad:
+        raise ConfigError(f"{path}: the memory bank has {bad} of {len(bank)} rows with NaN or infinite values; "
+                          f"retrain with save_model=true")
+    return bank
