@@ -39,11 +39,12 @@ peer-venv: ## throwaway venv with anomalib 2.7.0 for `make bench PEER=anomalib` 
 	test -x $(PEER_VENV)/bin/python || python3 -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/pip install -q anomalib==2.7.0
 
-table1: ## run the paper-table sweeps, write RESULTS/table1.{md,csv} and report.html (PRESET=paper|cpu DATA=DIR RESULTS=DIR SEEDS=0,bottle=0,1,2)
-	$(PY) -m adbench.table1 --preset $(PRESET) --data $(DATA) --results $(RESULTS) $(if $(SEEDS),--seeds $(SEEDS))
+table1: ## run the paper-table sweeps, write RESULTS/table1.{md,csv} and report.html (PRESET=paper|cpu DATA=DIR RESULTS=DIR SEEDS=0,bottle=0,1,2 SEED_METHODS=a,b)
+	$(PY) -m adbench.table1 --preset $(PRESET) --data $(DATA) --results $(RESULTS) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(SEED_METHODS),--seed-methods $(SEED_METHODS))
 
-report: ## rebuild RESULTS/report.html from the runs under RESULTS
-	$(PY) -m adbench.report --results $(RESULTS) --preset $(PRESET)
+report: ## rebuild RESULTS/report.html from the runs under RESULTS (PRESET=...: that preset's runs)
+	$(PY) -m adbench.report --results $(RESULTS) $(if $(filter command line environment,$(origin PRESET)),--preset $(PRESET))
 
 clean: ## remove Hydra outputs and caches
 	rm -rf outputs multirun .pytest_cache

@@ -39,8 +39,8 @@ def test_parse_seeds_per_category():
 
 def test_sweeps_group_categories_by_seeds_and_run_references_once(tmp_path, capsys):
     seeds = {"bottle": [0, 1, 2], "transistor": [0]}
-    assert seed_groups(seeds, reference=False) == [([0, 1, 2], ["bottle"]), ([0], ["transistor"])]
-    assert seed_groups(seeds, reference=True) == [([0], ["bottle", "transistor"])]
+    assert seed_groups(seeds, first_only=False) == [([0, 1, 2], ["bottle"]), ([0], ["transistor"])]
+    assert seed_groups(seeds, first_only=True) == [([0], ["bottle", "transistor"])]
     cmds = run_sweeps(["cutpaste", "pixel_gaussian"], seeds, "cpu", tmp_path / "data", tmp_path / "r", dry_run=True)
     flat = [" ".join(c) for c in cmds]
     assert len(cmds) == 3
@@ -48,6 +48,9 @@ def test_sweeps_group_categories_by_seeds_and_run_references_once(tmp_path, caps
     assert "category=transistor seed=0 " in flat[1]
     assert "method=pixel_gaussian" in flat[2] and "category=bottle,transistor seed=0 " in flat[2]
     assert all("resume=true" in f for f in flat)
+    only = run_sweeps(["patchcore", "cutpaste"], seeds, "cpu", tmp_path, tmp_path, dry_run=True, seed_methods=["cutpaste"])
+    assert [" ".join(c).split("category=")[1].split(" resume")[0] for c in only] == \
+        ["bottle,transistor seed=0", "bottle seed=0,1,2", "transistor seed=0"]
 
 
 def test_table_mean_std_over_seeds_reference_rows_and_defects(tmp_path):

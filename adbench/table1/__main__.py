@@ -4,7 +4,8 @@ and ``table1_defects.csv``, then the report.
 Every method variant runs on every category present under ``--data`` in one resumable pass (finished jobs are
 skipped). ``--seeds 0,1,2`` runs those seeds everywhere; ``--seeds 0,bottle=0,1,2`` runs seed 0 on every
 category and seeds 0, 1, 2 on bottle (a ``category=`` token starts that category's seeds; leading seeds are the
-default). The reference baselines do not depend on the seed and run the first seed of each category only.
+default). ``--seed-methods cutpaste,lora_mae`` gives the extra seeds to those methods only (the others run the
+first seed of each category). The reference baselines do not depend on the seed and always run the first seed.
 This module orchestrates: records -> tables (``adbench.table1``) -> report (``adbench.report``).
 """
 
@@ -47,20 +48,22 @@ def parse_seeds(spec: str, categories: list[str]) -> dict[str, list[int]]:
     return {c: sorted(set(named.get(c) or default or [0])) for c in categories}
 
 
-def seed_groups(seeds: dict[str, list[int]], reference: bool) -> list[tuple[list[int], list[str]]]:
-    """(seeds, categories) groups, one Hydra multirun each; a reference baseline runs the first seed only."""
+def seed_groups(seeds: dict[str, list[int]], first_only: bool) -> list[tuple[list[int], list[str]]]:
+    """(seeds, categories) groups, one Hydra multirun each; ``first_only``: each category's first seed only."""
     groups: dict[tuple[int, ...], list[str]] = {}
     for cat, s in seeds.items():
-        groups.setdefault(tuple(s[:1] if reference else s), []).append(cat)
+        groups.setdefault(tuple(s[:1] if first_only else s), []).append(cat)
     return [(list(k), v) for k, v in groups.items()]
 
 
 def run_sweeps(methods: list[str], seeds: dict[str, list[int]], preset: str, data: Path, results: Path,
-               dry_run: bool = False) -> list[list[str]]:
-    """Resumable Hydra multiruns: per method and seed group, over its categories and the method's variants."""
+               dry_run: bool = False, seed_methods: list[str] | None = None) -> list[list[str]]:
+    """Resumable Hydra multiruns: per method and seed group, over its categories and the method's variants.
+    Only ``seed_methods`` (default: every method but the reference baselines) get more than the first seed."""
     cmds = []
     for method in methods:
-        for group_seeds, cats in seed_groups(seeds, method in REFERENCE):
+        first_only = method in REFERENCE or (seed_methods is not None and method not in seed_methods)
+        for group_seeds, cats in seed_groups(seeds, first_only):
             cmd = [sys.executable, "-m", "adbench", "-m", f"method={method}", f"preset={preset}", "dataset=mvtec",
                    f"dataset.root={data}", f"results_dir={results}", f"category={','.join(cats)}",
                    f"seed={','.join(map(str, group_seeds))}", "resume=true", "save_maps=true",
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated methods (default: every landed table method)")
     ap.add_argument("--seeds", default="0",
                     help="seeds, averaged: 0,1,2 everywhere, or per category: 0,bottle=0,1,2 (default: 0)")
+    ap.add_argument("--seed-methods", default=None,
+                    help="comma-separated methods that get more than the first seed (default: all but the baselines)")
     ap.add_argument("--categories", default=None,
                     help="comma-separated categories to run (default: every category present under --data)")
     ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from existing runs")
@@ -123,13 +128,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"table1: methods {', '.join(methods)} on {', '.join(cats)} ({len(cats)}/15 categories present); "
               "seeds " + "; ".join(f"{c} {','.join(map(str, s))}" for c, s in seeds.items()))
-        run_sweeps(methods, seeds, args.preset, data, results)
+        run_sweeps(methods, seeds, args.preset, data, results,
+                   seed_methods=args.seed_methods.split(",") if args.seed_methods else None)
     # the table shows every table method's records, also when this call ran only some of them
     shown = [*landed, *[m for m in methods if m not in landed]]
     table = build(results, args.preset, shown)
     defects = per_defect(results, args.preset, shown)
     command = f"make table1 PRESET={args.preset} DATA={args.data} RESULTS={args.results}" + \
-        (f" SEEDS={args.seeds}" if args.seeds != "0" else "")
+        (f" SEEDS={args.seeds}" if args.seeds != "0" else "") + \
+        (f" SEED_METHODS={args.seed_methods}" if args.seed_methods else "")
     results.mkdir(parents=True, exist_ok=True)
     md = to_markdown(table, args.preset, command, defects)
     _write_atomic(results / "table1.csv", table.to_csv(index=False, quoting=csv.QUOTE_MINIMAL))
