@@ -12,7 +12,7 @@ RESULTS ?= results
 PEER_VENV ?= /tmp/anomalib-venv
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow bench peer-venv table1 report clean
+.PHONY: help setup demo test test-slow test-slurm gpu-check bench peer-venv table1 report clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,11 @@ test: ## the test suite (what CI runs), slow tests excluded
 
 test-slow: ## only the slow tests (minutes of training each)
 	$(PY) -m pytest -q -m slow
+
+test-slurm: ## start a one-node SLURM cluster here (root; scripts/slurm_local.sh), run the slurm tests, stop it
+	scripts/slurm_local.sh start
+	SLURM_CONF=$${SLURM_LOCAL_DIR:-$${TMPDIR:-/tmp}/adbench-slurm}/slurm.conf $(PY) -m pytest -q -m slurm -s; \
+		rc=$$?; scripts/slurm_local.sh stop; exit $$rc
 
 bench: ## performance benchmark of PatchCore (prints a table, writes results/bench.json; PEER=anomalib SIZES=200,1000,3000)
 	$(PY) -m adbench.bench --data $(if $(wildcard $(SHARED)/data/mvtec_ad),$(SHARED)/data/mvtec_ad,$(DATA)) \
