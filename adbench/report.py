@@ -39,7 +39,8 @@ td .v{font-size:1.05em;font-weight:600}td .s{display:block;color:#555;font-size:
 td .below{color:#b00020;font-weight:600}td.na{color:#aaa;background:#fafafa}
 img.fig{max-width:100%;height:auto;display:block;margin:.4em 0}
 .scroll{overflow-x:auto;max-width:100%}
-.gallery{display:flex;flex-wrap:wrap;gap:6px 10px}.gallery figure{width:330px;max-width:100%}
+.gallery{display:flex;flex-wrap:wrap;gap:6px 10px;max-width:1010px;margin-bottom:4px}
+.gallery figure{width:calc((100% - 20px) / 3)}
 .gallery img{width:100%;height:auto;display:block;border:1px solid #e4e4e4}
 .gallery figcaption{font-weight:400;font-size:.78em;color:#444;margin:.1em 0 .2em;overflow-wrap:anywhere}
 .gallery .wrong{color:#b00020}
@@ -163,7 +164,7 @@ def _gallery(results_dir: Path, row: pd.Series, rec: dict) -> str:
 
         k = sum(1 for f in files if f.name.startswith("best_"))
         picks = viz.pick_best_worst(np.asarray(per["score"]), np.asarray(per["label"]), max(k, 1))
-    out = []
+    out: dict[str, list[str]] = {"best": [], "worst": []}
     for f in files:
         jpg = viz.thumbnail_jpeg(f)
         if jpg is None:
@@ -176,11 +177,11 @@ def _gallery(results_dir: Path, row: pd.Series, rec: dict) -> str:
             name = (per.get("file") or [""] * (i + 1))[i]
             cap += f" · {name} · score {per['score'][i]:.3g}"
         cls = " class='wrong'" if kind == "worst" else ""
-        out.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/jpeg;base64,"
-                   f"{base64.b64encode(jpg).decode()}'><figcaption{cls}>{html.escape(cap)}</figcaption></figure>")
-    if not out:
-        return ""
-    return f"<h3>{html.escape(label(row.method, row.variant))}</h3><div class='gallery'>{''.join(out)}</div>"
+        out.setdefault(kind, []).append(
+            f"<figure><img alt='{html.escape(cap)}' src='data:image/jpeg;base64,{base64.b64encode(jpg).decode()}'>"
+            f"<figcaption{cls}>{html.escape(cap)}</figcaption></figure>")
+    rows = [f"<div class='gallery'>{''.join(figs)}</div>" for figs in out.values() if figs]
+    return f"<h3>{html.escape(label(row.method, row.variant))}</h3>{''.join(rows)}" if rows else ""
 
 
 def _defect_table(sel: pd.DataFrame, rows: list, dataset: str, cat: str) -> str:
@@ -310,6 +311,10 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
         if lines:
             parts.append(f"<img class='fig' alt='ROC and PRO curves {html.escape(title)}' "
                          f"src='{viz.svg_uri(viz.curves_figure(lines, f'{title}: ROC and PRO curves'))}'>")
+            lacking = [ln["label"] for ln in lines if not ln["pro"]]
+            if lacking:
+                parts.append("<p class='note'>No pixel ROC / PRO curve in the record (written before the evaluator "
+                             f"stored curves) for: {html.escape(', '.join(lacking))}.</p>")
         parts.append(_defect_table(sel, rows, d, c))
 
     # training curves
