@@ -250,6 +250,19 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
                  "difference where the paper gives one. <i>Reference</i> rows are baselines without a model (raw "
                  "pixel statistics); <span style='color:#b00020'>≤ reference</span> marks a method that does not "
                  "beat the better of them. Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
+    best = []
+    for d, c in cols:
+        picks = []
+        for m in ("image_auroc", "pixel_auroc", "aupro"):
+            sub = agg.xs((d, c), level=("dataset", "category"))[m].dropna() if m in agg else pd.Series(dtype=float)
+            if len(sub):
+                top = sub.astype(float).max()
+                names = [label(mm, vv) for (mm, vv), x in sub.items() if float(x) == top]
+                picks.append(f"{METRIC_NAMES[m].split(' (')[0]} {top:.1f} ({', '.join(names)})")
+        if picks:
+            best.append(f"<b>{html.escape(c if not show_ds else f'{d}/{c}')}</b>: {html.escape('; '.join(picks))}")
+    if best:
+        parts.append("<p class='note'>Best per category: " + ". ".join(best) + ".</p>")
     parts += [_grid(agg, rows, cols, m, pub, show_ds) for m in ("image_auroc", "pixel_auroc", "aupro")
               if m in agg and agg[m].notna().any()]
     parts.append("</div>")
