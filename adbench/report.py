@@ -257,7 +257,8 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
             sub = agg.xs((d, c), level=("dataset", "category"))[m].dropna() if m in agg else pd.Series(dtype=float)
             if len(sub):
                 top = sub.astype(float).max()
-                names = [label(mm, vv) for (mm, vv), x in sub.items() if float(x) == top]
+                names = [label(mm, vv) for mm, vv in rows if (mm, vv) in sub.index and float(sub[(mm, vv)]) == top]
+                names = names[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
                 picks.append(f"{METRIC_NAMES[m].split(' (')[0]} {top:.1f} ({', '.join(names)})")
         if picks:
             best.append(f"<b>{html.escape(c if not show_ds else f'{d}/{c}')}</b>: {html.escape('; '.join(picks))}")

@@ -81,7 +81,8 @@ def test_overview_comes_first_with_published_figures_and_reference_rows(report):
     assert "≤ reference" in html  # LoRA-MAE 80.0 below pixel Gaussian 90.0
     assert "<i>Reference</i>" in html and "mean image (ref.)" in html and "pixel Gaussian (ref.)" in html
     assert "misplaced" in html  # per-defect table
-    assert "<b>bottle</b>: image AUROC 99.0 (PatchCore 25%, PatchCore 10%, PatchCore 1%)" in html  # best first
+    assert "<b>bottle</b>: image AUROC 99.0 (PatchCore 25%, PatchCore 10%, PatchCore 1%);" in html  # best first
+    assert "pixel AUROC 90.0 (PatchCore 25%, PatchCore 10%, PatchCore 1%, 4 more)" in html  # ties, in table order
 
 
 def test_report_is_self_contained_and_small(report):
