@@ -9,6 +9,10 @@ Each case runs in its own process, so its peak RSS is its own:
 * ``coreset``: on the real bottle features, the plain greedy's time per selection beside its memory-bandwidth
   bound (one read of the projected bank per selection, at the bandwidth measured in the same process), the
   accelerated selection's time, and a check that both select the same points.
+* ``deploy``: per real category and embedding width (``preset=cpu``'s 128 and the paper's 1024), prediction
+  latency per image at batch 1 (median, p95) and throughput at batch 16 with the exact index, then for each
+  nearest-neighbour index (``flat``, ``hnsw``, ``ivf``) the kNN search time over the test set and the AUROCs.
+  ``--deploy-only`` runs just these and keeps the other sections of an existing ``bench.json``.
 * ``peer`` (``--peer anomalib``): anomalib's PatchCore on the same tensors, run by ``benchmarks/anomalib_patchcore.py``
   with the Python of a throwaway virtual environment (``--peer-python``), evaluated by adbench's evaluator.
 
@@ -158,7 +162,101 @@ def run_coreset(case: dict) -> dict:
     return out
 
 
-CASES = {"ours": run_ours, "coreset": run_coreset}
+class _Images:
+    """Preloaded test images as a map-style dataset of ``{"image": [3, H, W]}`` (no decoding in the timings)."""
+
+    def __init__(self, images: list) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i]}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_deploy(case: dict) -> dict:
+    """Fit once (exact index); latency at batch 1 and throughput at batch 16; then each kNN index on the test set
+    (test features cached, so only the search and the post-processing are repeated)."""
+    import shutil
+    import tempfile
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from adbench.api import RunContext
+    from adbench.evaluate import compute_metrics
+    from adbench.utils import seed_everything
+    from methods.patchcore.knn import KnnSpec
+    from methods.patchcore.method import PatchCore
+
+    seed_everything(0)
+    dm = _datamodule(case)
+    cache = tempfile.mkdtemp(prefix="adbench-bench-cache-")
+    ctx = RunContext(device=torch.device("cpu"), seed=0, category=case["category"], progress=False)
+    cfg = _method_cfg(dict(case, reweight=False))
+    method = PatchCore(cfg, ctx)
+    t = time.perf_counter()
+    method.fit(dm.train_dataloader())
+    fit_s = time.perf_counter() - t
+    test = dm.test_dataloader()
+    n_lat, n_thr = int(case.get("latency_images", 30)), int(case.get("throughput_batches", 3))
+    images = [test.dataset[i]["image"] for i in range(min(len(test.dataset), max(n_lat, 16 * n_thr)))]
+    for x in images[:2 if n_lat else 0]:  # warm-up
+        method.predict(_OneBatch({"image": x[None]}))
+    lat = []
+    for x in images[:n_lat]:  # batch 1: every image through the backbone, search and post-processing
+        batch = {"image": x[None]}
+        t = time.perf_counter()
+        method.predict(_OneBatch(batch))
+        lat.append(time.perf_counter() - t)
+    thr = None
+    if n_thr:
+        t = time.perf_counter()
+        method.predict(DataLoader(_Images(images[: 16 * n_thr]), batch_size=16))
+        thr = 16 * n_thr / (time.perf_counter() - t)
+    # the index comparison: test features extracted once (cached), search and post-processing per index
+    method.ctx = RunContext(device=torch.device("cpu"), seed=0, category=case["category"], progress=False,
+                            feature_cache=cache, data_id=f"bench-{case['category']}")
+    labels, masks, defects = dm.test_targets()
+    bank = method.bank.clone()
+    indexes = []
+    for spec in [KnnSpec(), KnnSpec(index="hnsw"), KnnSpec(index="ivf")]:
+        method.knn = spec
+        t = time.perf_counter()
+        method._build_index(bank.clone())
+        build_s = time.perf_counter() - t
+        pred = method.predict(test)
+        m = compute_metrics(pred.image_scores, pred.anomaly_maps, labels, masks, defects)
+        indexes.append({"index": spec.index, "params": {k: v for k, v in spec.__dict__.items() if k != "index"},
+                        "build_s": build_s, "search_s": method.timings["search_s"],
+                        "n_queries": len(labels) * method.grid[0] * method.grid[1],
+                        "metrics": {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")}})
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"category": case["category"], "embed_dim": int(cfg.embed_dim), "bank_rows": len(bank), "fit_s": fit_s,
+            "n_test": len(labels), "latency_images": len(lat),
+            "latency_median_ms": 1e3 * _percentile(lat, 50) if lat else None,
+            "latency_p95_ms": 1e3 * _percentile(lat, 95) if lat else None, "throughput_batch": 16, "throughput_img_s": thr,
+            "indexes": indexes, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
+
+
+class _OneBatch:
+    """A loader of one ready batch (what a deployed model is handed), with no dataset to hash for a cache."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch, self.dataset = batch, None
+
+    def __iter__(self):
+        return iter([self.batch])
+
+
+CASES = {"ours": run_ours, "coreset": run_coreset, "deploy": run_deploy}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,7 +309,11 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
 
 
 def print_tables(result: dict) -> None:
-    rows = result["runs"]
+    if result.get("deploy"):
+        print_deploy(result["deploy"])
+    rows = result.get("runs", [])
+    if not rows:
+        return
     print(f"\nPatchCore benchmark ({result['machine']['cpus']} CPUs, torch threads {result['machine']['threads']}, "
           f"read bandwidth {result['machine']['bandwidth_gb_s']:.1f} GB/s)")
     head = (f"{'run':<34}{'train':>6}{'patches':>9}{'extract s':>10}{'img/s':>7}{'bb %':>6}{'coreset s':>10}"
@@ -245,6 +347,32 @@ def print_tables(result: dict) -> None:
               f"pixel AUROC {cmp_['ours_pixel_auroc']:.3f} vs {cmp_['peer_pixel_auroc']:.3f}")
 
 
+def print_deploy(deploy: dict) -> None:
+    """Latency / throughput per case and the kNN-index trade-off against exact search."""
+    cases = deploy["cases"]
+    print("\nprediction on CPU (PatchCore preset=cpu; exact index)")
+    head = f"{'case':<28}{'width':>6}{'bank':>7}{'batch 1 median ms':>19}{'p95 ms':>8}{'batch 16 img/s':>16}"
+    print(head)
+    print("-" * len(head))
+    for c in cases:
+        if c.get("latency_median_ms") is None:
+            continue
+        print(f"{c['label']:<28}{c['embed_dim']:>6}{c['bank_rows']:>7}{c['latency_median_ms']:>19.0f}"
+              f"{c['latency_p95_ms']:>8.0f}{_fmt(c['throughput_img_s'], '.2f'):>16}")
+    print("\nnearest-neighbour index vs exact (flat), whole test set")
+    head = (f"{'case':<28}{'index':>6}{'search s':>10}{'speed-up':>9}{'img AUC':>9}{'d img':>8}{'pix AUC':>9}"
+            f"{'d pix':>8}{'AUPRO':>7}")
+    print(head)
+    print("-" * len(head))
+    for c in cases:
+        flat = c["indexes"][0]
+        for ix in c["indexes"]:
+            m, f = ix["metrics"], flat["metrics"]
+            print(f"{c['label']:<28}{ix['index']:>6}{ix['search_s']:>10.2f}{flat['search_s'] / ix['search_s']:>8.1f}x"
+                  f"{m['image_auroc']:>9.3f}{m['image_auroc'] - f['image_auroc']:>+8.3f}{m['pixel_auroc']:>9.4f}"
+                  f"{m['pixel_auroc'] - f['pixel_auroc']:>+8.4f}{m['aupro']:>7.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m adbench.bench", description="PatchCore performance benchmark")
     ap.add_argument("--data", default=os.environ.get("ADBENCH_MVTEC_ROOT", str(REPO.parent / "shared" / "data" / "mvtec_ad")))
@@ -266,6 +394,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--full-plain", action="store_true", help="also run the whole plain coreset on bottle")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="reuse per-case results already in results/bench/")
+    ap.add_argument("--deploy-categories", default="bottle,transistor",
+                    help="real categories of the latency / kNN-index cases ('' to skip them)")
+    ap.add_argument("--deploy-only", action="store_true",
+                    help="run only the latency / kNN-index cases; keep the other sections of an existing --out file")
     ap.add_argument("--out", default="results/bench.json")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -299,6 +431,19 @@ def main(argv: list[str] | None = None) -> None:
 
     real = dict(dataset="mvtec", root=args.data, category=args.category, ratio=args.ratio, bank_dtype=args.bank_dtype,
                 bank_storage=args.bank_storage)
+    if args.deploy_only:
+        if out.is_file():  # keep the sections this pass does not rerun
+            result = dict(json.loads(out.read_text()), machine=result["machine"])
+        args.skip_real, args.sizes = True, ""
+    deploy = []
+    for category in [c for c in args.deploy_categories.split(",") if c.strip()]:
+        for dim in [0, args.paper_dim] if args.paper_dim else [0]:
+            case = dict(real, kind="deploy", category=category, embed_dim=dim)
+            if category != args.category:  # latency on --category only; the index trade-off everywhere
+                case.update(latency_images=0, throughput_batches=0)
+            deploy.append(case_run(case, f"deploy mvtec/{category}" + (f" d={dim}" if dim else "")))
+    if deploy:
+        result["deploy"] = {"started": result["started"], "cases": deploy}
     if not args.skip_real:
         result["runs"].append(case_run(dict(real, kind="ours"), f"ours mvtec/{args.category}"))
         if args.paper_dim:

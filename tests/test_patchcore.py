@@ -1,4 +1,4 @@
-"""PatchCore: patch features as in the reference, greedy coreset, weights handling, real MVTec bottle."""
+"""PatchCore: patch features as in the reference, greedy coreset, weights handling, real MVTec categories."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from adbench.run import run
 from methods.patchcore.coreset import greedy_coreset
 from methods.patchcore.model import PatchFeatures
 
-from .conftest import compose_cfg
+from .conftest import REAL_CATEGORIES, best_baseline, compose_cfg, real_category_root
 
 
 class _TwoLayer(torch.nn.Module):
@@ -109,18 +109,19 @@ def test_offline_imagenet_weights_error_says_how(tmp_path, monkeypatch):
     assert "wide_resnet50_2-95faca4d.pth" in msg and "method.backbone.weights=none" in msg and "TORCH_HOME" in msg
 
 
-def test_real_bottle_mobilenet_v2(mvtec_bottle, shared_torch_home, tmp_path):
-    """Real MVTec AD bottle, ImageNet MobileNetV2: image AUROC >= 0.99, pixel AUROC >= 0.96.
-
-    A 2 % coreset keeps the test to about a minute; the 10 % default is measured by `make bench`.
-    """
-    cfg = compose_cfg(["method=patchcore", "category=bottle", f"dataset.root={mvtec_bottle}",
-                       "method.backbone.name=mobilenet_v2", "method.coreset.ratio=0.02", f"results_dir={tmp_path}",
-                       "progress=false"])
+@pytest.mark.parametrize("category", REAL_CATEGORIES)
+def test_real_category_beats_the_baselines(category, shared_torch_home, tmp_path):
+    """Real MVTec AD, ``preset=cpu`` (ImageNet MobileNetV2) with a 2 % coreset to keep the test to minutes: image
+    and pixel AUROC close at least half of the gap between the better reference baseline and 1, and AUPRO is
+    above the baselines' by 0.1 (bottle: baselines 0.987 / 0.917 -> at least 0.993 / 0.958)."""
+    root = real_category_root(category)
+    cfg = compose_cfg(["method=patchcore", "preset=cpu", f"category={category}", f"dataset.root={root}",
+                       "method.coreset.ratio=0.02", f"results_dir={tmp_path}", "progress=false"])
     m = run(cfg)["metrics"]
-    assert m["image_auroc"] >= 0.99, m
-    assert m["pixel_auroc"] >= 0.96, m
-    assert m["aupro"] >= 0.85, m
+    for metric in ("image_auroc", "pixel_auroc"):
+        base = best_baseline(category, metric)
+        assert m[metric] >= base + 0.5 * (1 - base), (metric, m[metric], base)
+    assert m["aupro"] >= best_baseline(category, "aupro") + 0.1, m
 
 
 def test_feature_cache_extracts_once_same_numbers(tmp_path, small_synthetic_root):
