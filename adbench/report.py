@@ -24,12 +24,12 @@ from .table1 import ORDER, REFERENCE, TABLE_METHODS, aggregate, fmt_pm, label, l
 METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO (FPR ≤ 0.3)"}
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em auto;max-width:1180px;color:#222;
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em auto;max-width:1240px;color:#222;
  padding:0 14px;line-height:1.4}
 h1{font-size:1.55em;margin:.2em 0}h2{margin-top:1.8em;border-bottom:1px solid #ddd;font-size:1.3em}
 h3{margin:1.2em 0 .3em;font-size:1.05em}
 .note{color:#555;font-size:.92em;margin:.3em 0}
-.grids{display:flex;flex-wrap:wrap;gap:14px 22px;align-items:flex-start}
+.grids{display:flex;flex-wrap:wrap;gap:14px 16px;align-items:flex-start}
 figure{margin:0}figcaption{font-weight:600;margin:.2em 0 .3em;font-size:.95em}
 table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #d6d6d6;padding:3px 7px;text-align:right;vertical-align:top}
