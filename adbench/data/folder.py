@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .errors import ConfigError, DataError
-from .mvtec import IMAGE_SUFFIXES, AnomalyDataset, MVTecDataModule, Sample, check_files, load_image
-from .transforms import transform_mask
+from .mvtec import _DECODE_ERRORS, IMAGE_SUFFIXES, AnomalyDataset, MVTecDataModule, Sample, _unreadable, check_files
 
 SINGLE_CHANNEL_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 _OPTION = {"normal_dir": "a folder of normal (good) training images",
@@ -33,12 +31,29 @@ _OPTION = {"normal_dir": "a folder of normal (good) training images",
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, symlinked folders followed, hidden entries skipped), sorted."""
+    """Image files under ``folder`` (recursive, symlinked folders followed, hidden entries skipped), sorted.
+
+    Each real folder is walked once and each real file listed once (first path in sorted order), so symlink
+    loops and two links to one folder never multiply the images.
+    """
     out = []
+    seen_dirs = {os.path.realpath(folder)}
+    seen_files: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out += [Path(dirpath) / f for f in filenames
-                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen_dirs:
+                seen_dirs.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if f.startswith(".") or Path(f).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            real = os.path.realpath(os.path.join(dirpath, f))
+            if real not in seen_files:
+                seen_files.add(real)
+                out.append(Path(dirpath) / f)
     return sorted(out)
 
 
@@ -46,17 +61,6 @@ def _mask_key(rel: Path) -> tuple[str, ...]:
     """Pairing key of a mask: relative folder + stem, ``_mask`` suffix removed."""
     stem = rel.stem[: -len("_mask")] if rel.stem.endswith("_mask") else rel.stem
     return (*rel.parent.parts, stem)
-
-
-class BinaryMaskDataset(AnomalyDataset):
-    """AnomalyDataset whose masks count every non-zero pixel as anomalous (0/1 and 0/255 masks alike)."""
-
-    def mask(self, i: int) -> torch.Tensor:
-        s = self.samples[i]
-        if s.mask_path is None:
-            return torch.zeros(self.out_size, dtype=torch.uint8)
-        m = np.asarray(load_image(s.mask_path).convert("L")) > 0
-        return transform_mask(Image.fromarray(m.astype(np.uint8) * 255), self.image_size, self.crop_size)
 
 
 class FolderDataModule(MVTecDataModule):
@@ -202,12 +206,12 @@ class FolderDataModule(MVTecDataModule):
             try:
                 with Image.open(s.path) as img:
                     modes.add(img.mode)
-            except OSError as err:
-                raise DataError(f"unreadable image: {s.path} ({err}); replace or remove the file") from None
+            except _DECODE_ERRORS as err:
+                raise _unreadable(s.path, err) from None
         return modes <= set(SINGLE_CHANNEL_MODES)
 
     def train_dataset(self) -> AnomalyDataset:
         return AnomalyDataset(self.train_samples, self.image_size, self.crop_size, with_labels=False)
 
     def test_dataset(self, with_labels: bool = False) -> AnomalyDataset:
-        return BinaryMaskDataset(self.test_samples, self.image_size, self.crop_size, with_labels=with_labels)
+        return AnomalyDataset(self.test_samples, self.image_size, self.crop_size, with_labels=with_labels)

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
-from .transforms import output_size, transform_image, transform_mask
+from .transforms import mask_array, output_size, transform_image, transform_mask
 
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
@@ -91,7 +91,7 @@ def scan_split(cdir: Path, split: str) -> list[Sample]:
 
 
 def check_files(samples: list[Sample]) -> None:
-    """Open every image and mask header; raise DataError on unreadable, truncated or mismatched files."""
+    """Decode every image and mask fully; raise DataError on unreadable, truncated, oversized or mismatched files."""
     for s in samples:
         size = _check_image(s.path)
         if s.mask_path is not None:
@@ -103,14 +103,27 @@ def check_files(samples: list[Sample]) -> None:
                 )
 
 
+def _unreadable(path: Path, err: BaseException) -> DataError:
+    if isinstance(err, Image.DecompressionBombError):
+        return DataError(f"image too large: {path} ({err}); downscale it below Pillow's limit of "
+                         f"{2 * Image.MAX_IMAGE_PIXELS} pixels or remove the file")
+    return DataError(f"unreadable or truncated image: {path} ({type(err).__name__}: {err}); replace or remove the file")
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def _check_image(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file after decoding it fully (``verify`` alone misses truncated JPEGs)."""
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as img:
             size = img.size
-            img.verify()  # checks structure and checksums without decoding
+            img.verify()  # structure and chunk checksums (PNG CRCs are not checked by decoding)
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            img.load()  # every pixel: a truncated JPEG or PNG fails here
         return size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"unreadable or truncated image: {path} ({type(err).__name__}: {err}); replace or remove the file") from None
+    except _DECODE_ERRORS as err:
+        raise _unreadable(path, err) from None
 
 
 def load_image(path: Path) -> Image.Image:
@@ -119,8 +132,18 @@ def load_image(path: Path) -> Image.Image:
         with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()
             return to_8bit(img.copy())
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"unreadable or truncated image: {path} ({type(err).__name__}: {err}); replace or remove the file") from None
+    except _DECODE_ERRORS as err:
+        raise _unreadable(path, err) from None
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Decode a mask file -> bool [H, W]: every non-zero pixel is anomalous (0/1, 0/255, 16-bit, colour)."""
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            img.load()
+            return mask_array(img)
+    except _DECODE_ERRORS as err:
+        raise _unreadable(path, err) from None
 
 
 def to_8bit(img: Image.Image) -> Image.Image:
@@ -167,7 +190,7 @@ class AnomalyDataset(Dataset):
         s = self.samples[i]
         if s.mask_path is None:
             return torch.zeros(self.out_size, dtype=torch.uint8)
-        return transform_mask(load_image(s.mask_path), self.image_size, self.crop_size)
+        return transform_mask(load_mask(s.mask_path), self.image_size, self.crop_size)
 
     def targets(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Ground truth for the evaluator: labels [N], masks [N, H, W] (bool), defect types."""

@@ -27,13 +27,31 @@ def transform_image(img: Image.Image, image_size: int, crop_size: int | None) ->
     return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def transform_mask(mask: Image.Image, image_size: int, crop_size: int | None) -> torch.Tensor:
-    """PIL mask -> binary uint8 tensor [H, W] (nearest resize, threshold at half range)."""
-    mask = mask.convert("L")
-    mask = TF.resize(mask, [image_size, image_size], interpolation=TF.InterpolationMode.NEAREST)
+def mask_array(mask: Image.Image) -> np.ndarray:
+    """The one binarisation rule for masks: bool [H, W], True wherever any colour channel is non-zero.
+
+    Works on the decoded mode itself (no 8-bit conversion first), so 0/1, 0/255 and 16-bit masks all count every
+    non-zero pixel; an alpha channel is ignored.
+    """
+    if mask.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+        return np.asarray(mask) != 0
+    if mask.mode in ("LA", "La"):
+        return np.asarray(mask.getchannel("L")) != 0
+    return np.asarray(mask.convert("RGB")).any(axis=-1)
+
+
+def transform_mask(mask: Image.Image | np.ndarray, image_size: int, crop_size: int | None) -> torch.Tensor:
+    """Mask (PIL image or bool array [H, W]) -> binary uint8 tensor [H, W].
+
+    Binarised first (:func:`mask_array`: any non-zero pixel is anomalous), then nearest-neighbour resized and
+    cropped like the image, so resizing never turns a 0/1 mask into an empty one.
+    """
+    m = mask if isinstance(mask, np.ndarray) else mask_array(mask)
+    img = Image.fromarray(m.astype(np.uint8) * 255)
+    img = TF.resize(img, [image_size, image_size], interpolation=TF.InterpolationMode.NEAREST)
     if crop_size:
-        mask = TF.center_crop(mask, [crop_size, crop_size])
-    return torch.from_numpy((np.asarray(mask) > 127).astype(np.uint8))
+        img = TF.center_crop(img, [crop_size, crop_size])
+    return torch.from_numpy((np.asarray(img) > 0).astype(np.uint8))
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
