@@ -190,3 +190,149 @@ def test_cli_error_is_one_line_exit_2(tmp_path, capsys):
     assert main(["download", "--root", str(tmp_path / "r"), "--category", "bottel"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: unknown category 'bottel' (--category); known: bottle")
+
+
+# Never delete what the tool did not create; one line, no traceback, no staging folder left (issue 13) ---------
+
+
+def _no_staging(root: Path) -> bool:
+    return not list(root.glob(".adbench-extract*"))
+
+
+def test_existing_user_folder_is_refused_before_download(tmp_path, archive):
+    root = tmp_path / "mvtec"
+    notes = root / "bottle" / "my_notes" / "labels.csv"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("000.png,ok\n")
+    with Server({"/a.tar.xz": archive}) as srv:
+        with pytest.raises(DownloadError) as info:
+            download(root, ["bottle"], url=srv.url + "/a.tar.xz", sha256=_sha(archive), progress=False, retries=0)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{root / 'bottle'} exists but is not a complete MVTec AD category")
+    assert "left alone: move or rename it, or pass another --root" in msg
+    assert srv.requests == []  # refused before fetching anything
+    assert notes.read_text() == "000.png,ok\n" and sorted(p.name for p in (root / "bottle").iterdir()) == ["my_notes"]
+
+
+@pytest.mark.parametrize("target", ["empty_dir", "dangling"])
+def test_symlinked_category_folder_is_left_alone(tmp_path, archive, target):
+    root = tmp_path / "mvtec"
+    root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    if target == "empty_dir":
+        elsewhere.mkdir()
+    os.symlink(elsewhere, root / "bottle")
+    with Server({"/a.tar.xz": archive}) as srv:
+        with pytest.raises(DownloadError) as info:
+            download(root, ["bottle"], url=srv.url + "/a.tar.xz", sha256=_sha(archive), progress=False, retries=0)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{root / 'bottle'} is a symbolic link (to {elsewhere})")
+    assert (root / "bottle").is_symlink() and os.readlink(root / "bottle") == str(elsewhere)
+    assert not elsewhere.exists() or list(elsewhere.iterdir()) == []
+    assert _no_staging(root)
+
+
+def _tar(members: list[tuple[str, bytes | None]]) -> bytes:
+    """A tar.xz from (name, data) pairs; data None makes a folder."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members, expected", [
+    ([("bottle", b"not a folder")], "the archive holds bottle as a file or link, not a folder"),
+    ([("bottle/train", b"x"), ("bottle/test", None), ("bottle/ground_truth", None)],
+     "the archive's bottle/train is a file where a folder is expected"),
+    ([("bottle/train", b"x"), ("bottle/train/good/000.png", b"png")], "cannot extract .* at member bottle/train/good/000.png"),
+])
+def test_member_file_where_folder_expected_is_one_line(tmp_path, members, expected):
+    data = _tar(members)
+    root = tmp_path / "mvtec"
+    with Server({"/a.tar.xz": data}) as srv:
+        with pytest.raises(DownloadError, match=expected) as info:
+            download(root, ["bottle"], url=srv.url + "/a.tar.xz", sha256=_sha(data), progress=False, retries=0)
+    assert "\n" not in str(info.value) and "matches its checksum and is kept" in str(info.value)
+    assert not (root / "bottle").exists() and _no_staging(root)
+
+
+@pytest.mark.parametrize("sha, url_path", [("xyz", "/a.tar.xz"), ("0" * 63, "/a.tar.xz"),
+                                           ("bottle=xyz", "/{category}.tar.xz"), ("bottel=" + "0" * 64, "/{category}.tar.xz")])
+def test_bad_sha256_is_refused_before_download(tmp_path, archive, sha, url_path):
+    with Server({"/a.tar.xz": archive, "/bottle.tar.xz": archive}) as srv:
+        with pytest.raises(DownloadError, match=r"--sha256 .*(is not a SHA-256 \(64 hex digits\)|unknown category)"):
+            download(tmp_path / "r", ["bottle"], url=srv.url + url_path, sha256=sha, progress=False, retries=0)
+    assert srv.requests == [] and not list((tmp_path / "r").iterdir())
+
+
+def test_cli_bad_sha256_one_line(tmp_path, capsys):
+    from adbench.data.__main__ import main
+
+    assert main(["download", "--root", str(tmp_path / "r"), "--category", "bottle", "--sha256", "xyz",
+                 "--url", "http://127.0.0.1:9/a.tar.xz", "--retries", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --sha256 xyz is not a SHA-256 (64 hex digits); pass --sha256 HEX, or --sha256 none to skip the check\n"
+
+
+def test_truncated_unverified_archive_is_not_reused(tmp_path, archive):
+    root = tmp_path / "mvtec"
+    files = {"/a.tar.xz": archive[: len(archive) // 2]}  # the server itself sends a truncated file
+    with Server(files) as srv:
+        with pytest.raises(DownloadError) as info:
+            download(root, ["bottle"], url=srv.url + "/a.tar.xz", sha256="none", progress=False, retries=0)
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"cannot extract {root / 'a.tar.xz'}")
+        assert "not verified (no --sha256) and is deleted: run the same command again to download it again" in msg
+        assert not list(root.glob("a.tar.xz*")) and not (root / "bottle").exists() and _no_staging(root)
+        files["/a.tar.xz"] = archive  # the next run downloads it again instead of reusing the broken file
+        assert download(root, ["bottle"], url=srv.url + "/a.tar.xz", sha256="none", progress=False,
+                         retries=0) == ["bottle"]
+    assert len(srv.requests) == 2
+
+
+def test_archive_placed_by_the_user_is_never_deleted(tmp_path, archive):
+    root = tmp_path / "mvtec"
+    root.mkdir()
+    mine = root / "a.tar.xz"
+    mine.write_bytes(archive[: len(archive) // 2])
+    with pytest.raises(DownloadError, match="not downloaded by this tool, so it is kept") as info:
+        download(root, ["bottle"], url="http://127.0.0.1:9/a.tar.xz", sha256="none", progress=False, retries=0)
+    assert "\n" not in str(info.value) and mine.is_file() and _no_staging(root)
+    with pytest.raises(DownloadError, match="does not match the expected sha256 .* left alone"):
+        download(root, ["bottle"], url="http://127.0.0.1:9/a.tar.xz", sha256=_sha(archive), progress=False, retries=0)
+    assert mine.read_bytes() == archive[: len(archive) // 2]
+    mine.write_bytes(archive)  # a good archive of the user's: used, and kept after all its categories are out
+    assert download(root, ["bottle"], url="http://127.0.0.1:9/a.tar.xz", sha256=_sha(archive), progress=False,
+                    retries=0) == ["bottle"]
+    assert mine.is_file()
+
+
+def test_staging_of_a_killed_run_is_cleaned_and_foreign_folders_kept(tmp_path, archive):
+    import json
+    import socket
+
+    root = tmp_path / "mvtec"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / ".adbench-extract-old"
+    stale.mkdir(parents=True)
+    (stale / ".adbench-staging.json").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    foreign = root / ".adbench-extract-mine"
+    (foreign / "keep.txt").parent.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with Server({"/a.tar.xz": archive}) as srv:
+        download(root, ["bottle"], url=srv.url + "/a.tar.xz", sha256=_sha(archive), progress=False, retries=0)
+    assert not stale.exists() and (foreign / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in root.glob(".adbench-extract*")) == [".adbench-extract-mine"]
+
+
+def test_nothing_is_fetched_when_every_asked_category_is_present(tmp_path):
+    root = make_mvtec(tmp_path / "mvtec", "bottle")
+    assert download(root, ["bottle"], url="http://127.0.0.1:9/a.tar.xz", progress=False, retries=0) == ["bottle"]

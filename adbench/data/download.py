@@ -12,15 +12,19 @@ Its download link is a share link that MVTec has changed over time: the default 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
+import socket
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
@@ -114,18 +118,57 @@ def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> None:
         raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
 
 
+def _record_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".adbench.json")
+
+
+def _write_record(dest: Path, archive: Archive) -> None:
+    """Note beside a completed download that this tool wrote it, and its size (checked before reuse)."""
+    record = {"url": archive.url, "size": dest.stat().st_size, "sha256": archive.sha256,
+              "downloaded": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = _record_path(dest).with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(_record_path(dest))
+
+
+def downloaded_by_us(dest: Path) -> bool:
+    """True when ``dest`` was completed by :func:`fetch` and still has the size it was downloaded with."""
+    try:
+        record = json.loads(_record_path(dest).read_text())
+        return isinstance(record, dict) and record.get("size") == dest.stat().st_size
+    except (OSError, ValueError):
+        return False
+
+
+def discard(dest: Path) -> None:
+    """Delete an archive this tool downloaded, with its record."""
+    dest.unlink(missing_ok=True)
+    _record_path(dest).unlink(missing_ok=True)
+
+
 def fetch(archive: Archive, directory: Path, progress: bool = True, retries: int = 3, retry_wait: float = 2.0,
           timeout: float = 60.0) -> Path:
-    """Download ``archive`` into ``directory`` (resuming ``<name>.part``) and check its SHA-256."""
+    """Download ``archive`` into ``directory`` (resuming ``<name>.part``) and check its SHA-256.
+
+    A finished download gets a record ``<name>.adbench.json`` (its size): :func:`download` deletes an archive
+    of its own that fails to extract (so a truncated unverified one is fetched again, not reused forever) and
+    never deletes one it did not download.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     dest = directory / archive.name
     part = directory / (archive.name + ".part")
     if dest.is_file():
-        if archive.sha256 is None or sha256_file(dest, progress) == archive.sha256:
-            print(f"using {dest} (already downloaded)")
+        if archive.sha256 is None:
+            print(f"using {dest} (already there; not verified: the extraction reads it to the end)")
             return dest
+        if sha256_file(dest, progress) == archive.sha256:
+            print(f"using {dest} (already downloaded, checksum ok)")
+            return dest
+        if not downloaded_by_us(dest):
+            raise DownloadError(f"{dest} does not match the expected sha256 {archive.sha256} and was not downloaded "
+                                f"by this tool, so it is left alone: move it away (or pass its --sha256), then run again")
         print(f"{dest} does not match its checksum: downloading it again", file=sys.stderr)
-        dest.unlink()
+        discard(dest)
     if part.is_file():
         print(f"resuming {part} from {_human(part.stat().st_size)}")
     for attempt in range(retries + 1):
@@ -134,9 +177,9 @@ def fetch(archive: Archive, directory: Path, progress: bool = True, retries: int
             break
         except DownloadError:
             raise
-        except (OSError, urllib.error.URLError, ConnectionError, EOFError) as err:
+        except (OSError, urllib.error.URLError, ConnectionError, EOFError, http.client.HTTPException) as err:
             have = part.stat().st_size if part.is_file() else 0
-            reason = getattr(err, "reason", None) or err
+            reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
             if attempt < retries:
                 print(f"download interrupted at {_human(have)} ({reason}); retrying", file=sys.stderr)
                 time.sleep(retry_wait * (attempt + 1))
@@ -154,6 +197,7 @@ def fetch(archive: Archive, directory: Path, progress: bool = True, retries: int
                                 f"{archive.sha256}; the file was deleted: run again, or pass --sha256 for another "
                                 f"archive (--sha256 none skips the check)")
     part.rename(dest)
+    _write_record(dest, archive)
     return dest
 
 
@@ -172,41 +216,99 @@ def is_complete(root: Path, category: str) -> bool:
     return (c / MARKER).is_file() or all((c / s).is_dir() for s in ("train", "test", "ground_truth"))
 
 
+STAGING_PREFIX = ".adbench-extract"
+STAGING_MARKER = ".adbench-staging.json"
+
+
+class ExtractError(DownloadError):
+    """The archive could not be extracted; nothing was moved into ROOT."""
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Delete staging folders left by killed runs of this tool on this host (marked, owner process gone)."""
+    for d in root.glob(STAGING_PREFIX + "*"):
+        try:
+            info = json.loads((d / STAGING_MARKER).read_text())
+            if info.get("host") != socket.gethostname():
+                continue
+            os.kill(int(info["pid"]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not ours, unreadable, or its process is alive
+
+
+def _check_extracted(folder: Path, category: str) -> None:
+    if folder.is_symlink() or not folder.is_dir():
+        raise ExtractError(f"the archive holds {category} as a file or link, not a folder")
+    for sub in ("train", "test", "ground_truth"):
+        p = folder / sub
+        if p.is_symlink() or not p.is_dir():
+            what = "a file where a folder is expected" if p.exists() else "missing"
+            raise ExtractError(f"the archive's {category}/{sub} is {what}; it is not an MVTec AD category")
+
+
 def extract(archive: Path, root: Path, categories: list[str], progress: bool = True) -> list[str]:
     """Extract ``categories`` from a (possibly compressed) tar into ``root/<category>``; returns those found.
 
-    Members are streamed (one pass), written with tarfile's ``data`` filter (no absolute paths, links out
-    of the tree or device files) into a staging folder, then moved into place.
+    Members are streamed (one pass, to the end of the archive, so a truncated archive fails here), written with
+    tarfile's ``data`` filter (no absolute paths, links out of the tree or device files) into a staging folder
+    of this run, checked (train/, test/, ground_truth/ are folders) and only then moved into place. An existing
+    ``root/<category>`` is never replaced or deleted. On any error the staging folder is removed and
+    :class:`ExtractError` says why in one line.
     """
-    staging = root / ".adbench-extract"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    wanted = set(categories)
-    found: set[str] = set()
+    _remove_stale_staging(root)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + "-", dir=root))
     try:
-        with open(archive, "rb") as raw, tqdm.wrapattr(raw, "read", total=archive.stat().st_size, desc="extract",
-                                                        disable=not progress, file=sys.stderr, leave=False) as f:
-            with tarfile.open(fileobj=f, mode="r|*") as tar:
-                for m in tar:
-                    cat, idx = _category_of(m.name, CATEGORIES)
-                    if cat is None or cat not in wanted or not (m.isfile() or m.isdir()):
-                        continue
-                    parts = [p for p in PurePosixPath(m.name).parts if p not in (".", "")]
-                    m.name = "/".join(parts[idx:])  # drop a wrapper folder
-                    tar.extract(m, staging, filter="data")
-                    found.add(cat)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        (staging / STAGING_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        wanted = set(categories)
+        found: set[str] = set()
+        member = ""
+        try:
+            with open(archive, "rb") as raw, tqdm.wrapattr(raw, "read", total=archive.stat().st_size, desc="extract",
+                                                            disable=not progress, file=sys.stderr, leave=False) as f:
+                with tarfile.open(fileobj=f, mode="r|*") as tar:
+                    for m in tar:
+                        member = m.name
+                        cat, idx = _category_of(m.name, CATEGORIES)
+                        if cat is None or cat not in wanted or not (m.isfile() or m.isdir()):
+                            continue
+                        parts = [p for p in PurePosixPath(m.name).parts if p not in (".", "")]
+                        m.name = "/".join(parts[idx:])  # drop a wrapper folder
+                        tar.extract(m, staging, filter="data")
+                        found.add(cat)
+        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as err:
+            where = f" at member {member}" if member else ""
+            raise ExtractError(f"cannot extract {archive}{where} ({type(err).__name__}: {err})") from None
+        for cat in sorted(found):
+            try:
+                _check_extracted(staging / cat, cat)
+            except ExtractError as err:
+                raise ExtractError(f"cannot extract {archive}: {err}") from None
+        for cat in sorted(found):
+            dest = root / cat
+            if dest.exists() or dest.is_symlink():
+                raise ExtractError(f"{dest} appeared during the extraction; it is left alone: move it away and run again")
+            (staging / cat).rename(dest)
+            (dest / MARKER).write_text(json.dumps({"archive": archive.name, "extracted": time.strftime("%Y-%m-%d")}))
+        return sorted(found)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DownloadError(f"cannot extract {archive} ({type(err).__name__}: {err}); delete it and run again") from None
-    for cat in sorted(found):
-        dest = root / cat
+
+
+def check_targets(root: Path, categories: list[str]) -> None:
+    """Refuse (before any download) when ``root/<category>`` exists but is not a complete category: the tool
+    neither deletes nor writes into a folder, file or link it did not make."""
+    for c in categories:
+        dest = root / c
+        if dest.is_symlink():
+            raise DownloadError(f"{dest} is a symbolic link (to {os.readlink(dest)}) without a complete {c} "
+                                f"(train/, test/, ground_truth/); it is left alone: remove the link or point it at a "
+                                f"complete copy, or pass another --root")
         if dest.exists():
-            shutil.rmtree(dest)
-        (staging / cat).rename(dest)
-        (dest / MARKER).write_text(json.dumps({"archive": archive.name, "extracted": time.strftime("%Y-%m-%d")}))
-    shutil.rmtree(staging, ignore_errors=True)
-    return sorted(found)
+            raise DownloadError(f"{dest} exists but is not a complete MVTec AD category (no train/, test/ and "
+                                f"ground_truth/ folders) and was not made by this tool; it is left alone: move or "
+                                f"rename it, or pass another --root, then run again")
 
 
 def parse_categories(values: list[str] | None) -> list[str]:
@@ -230,7 +332,10 @@ def plan(url: str, sha256: str | None, categories: list[str]) -> list[tuple[Arch
                 cat, sep, hexd = item.partition("=")
                 if not sep:
                     raise DownloadError("with a per-category --url ({category}), pass --sha256 as cat=HEX,cat=HEX")
-                sums[cat.strip()] = hexd.strip().lower()
+                cat = cat.strip()
+                if cat not in CATEGORIES:
+                    raise DownloadError(f"--sha256 {item}: unknown category {cat!r}; known: {', '.join(CATEGORIES)}")
+                sums[cat] = _hex(hexd, f"--sha256 {cat}=")
         out = []
         for c in categories:
             u = url.format(category=c)
@@ -240,7 +345,16 @@ def plan(url: str, sha256: str | None, categories: list[str]) -> list[tuple[Arch
     if sha256 and "=" in sha256:
         raise DownloadError("--sha256 cat=HEX needs a per-category --url containing {category}")
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or "mvtec_anomaly_detection.tar.xz"
-    return [(Archive(url, name, sha256.lower() if sha256 else None), categories)]
+    return [(Archive(url, name, _hex(sha256, "--sha256 ") if sha256 else None), categories)]
+
+
+def _hex(value: str, option: str) -> str:
+    """A SHA-256 given on the command line: 64 hex digits (checked before anything is downloaded)."""
+    v = value.strip().lower()
+    if len(v) != 64 or any(ch not in "0123456789abcdef" for ch in v):
+        raise DownloadError(f"{option}{value} is not a SHA-256 (64 hex digits); pass {option}HEX, or --sha256 none "
+                            f"to skip the check")
+    return v
 
 
 def download(root: str | Path, categories: list[str] | None = None, url: str | None = None,
@@ -266,13 +380,27 @@ def download(root: str | Path, categories: list[str] | None = None, url: str | N
     if not os.access(root, os.W_OK):
         raise DownloadError(f"--root {root} is not writable; pass --root DIR")
     todo = [c for c in cats if not is_complete(root, c)]
+    archives = [(a, w) for a, w in plan(url, sha256, todo) if w]  # options are checked before any fetch
+    check_targets(root, todo)
     for c in sorted(set(cats) - set(todo)):
         print(f"{c}: already present in {root / c}")
-    for archive, wanted in plan(url, sha256, todo):
+    for archive, wanted in archives:
         if archive.sha256 is None:
             print(f"note: no checksum for {archive.name}; not verified (pass --sha256 HEX)", file=sys.stderr)
         path = fetch(archive, root, progress, retries, retry_wait, timeout)
-        got = extract(path, root, wanted, progress)
+        ours = downloaded_by_us(path)
+        try:
+            got = extract(path, root, wanted, progress)
+        except ExtractError as err:
+            if archive.sha256 is not None:
+                raise DownloadError(f"{err}; the archive matches its checksum and is kept: check the free space in "
+                                    f"{root}, then run again") from None
+            if ours:
+                discard(path)
+                raise DownloadError(f"{err}; it was not verified (no --sha256) and is deleted: run the same command "
+                                    f"again to download it again (pass --sha256 HEX to verify it)") from None
+            raise DownloadError(f"{err}; it was not downloaded by this tool, so it is kept: replace or delete it, "
+                                f"then run again") from None
         missing = sorted(set(wanted) - set(got))
         if missing:
             raise DownloadError(f"{path} holds no {', '.join(missing)} (it has: {', '.join(got) or 'no MVTec category'}); "
@@ -284,6 +412,8 @@ def download(root: str | Path, categories: list[str] | None = None, url: str | N
         keep = keep_archive if keep_archive is not None else not (per_category or everything)
         if keep:
             print(f"kept {path} for other categories (delete it when done)")
+        elif ours:
+            discard(path)
         else:
-            path.unlink()
+            print(f"left {path} in place (it was not downloaded by this tool)")
     return [c for c in cats if is_complete(root, c)]
