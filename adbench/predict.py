@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +39,7 @@ from .checkpoint import load_checkpoint
 from .data.errors import ConfigError, DataError
 from .data.folder import list_images
 from .data.mvtec import IMAGE_SUFFIXES, _check_image, load_image
+from .data.staging import make_staging
 from .data.transforms import denormalize, transform_image
 from .utils import ensure_writable_dir, progress, resolve_device
 
@@ -45,8 +49,10 @@ OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true"
            "threshold": "a number: overrides the calibrated threshold",
            "method": "the method the checkpoint must hold (optional check)",
            "device": "auto | cpu | cuda | cuda:N (default auto)",
-           "batch_size": "images per batch (default: the training batch size)",
-           "progress": "true | false (default true)"}
+           "batch_size": "images per batch, a positive integer (default: the training batch size)",
+           "progress": "true | false (default true)",
+           "on_error": "stop | skip (default stop): skip scores the other files, lists the bad ones as status=skipped "
+                       "rows in predictions.csv/json and exits with 1"}
 
 
 @dataclass
@@ -130,12 +136,11 @@ class Detector:
                     raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {p}; pass input=IMAGE_OR_FOLDER")
                 for f in files:  # every file is checked before any model work
                     _check_image(f)
-                return [transform_image(load_image(f), self.image_size, self.crop_size) for f in files], \
-                    [str(f) for f in files], False
+                return [self.load_file(f) for f in files], [str(f) for f in files], False
             if not p.is_file():
                 raise DataError(f"input not found: {p}; pass input=IMAGE_OR_FOLDER")
             _check_image(p)
-            return [transform_image(load_image(p), self.image_size, self.crop_size)], [str(p)], True
+            return [self.load_file(p)], [str(p)], True
         if isinstance(x, Image.Image):
             return [transform_image(x, self.image_size, self.crop_size)], [None], True
         if isinstance(x, np.ndarray):  # [H, W] or [H, W, C], uint8 or float in [0, 1]
@@ -156,6 +161,15 @@ class Detector:
     def predict(self, x: Any) -> Result | list[Result]:
         """Score images: one :class:`Result` for one image, a list for a folder, a sequence or a batch tensor."""
         images, paths, single = self._gather(x)
+        results = self.score(images, paths)
+        return results[0] if single else results
+
+    def load_file(self, path: str | Path) -> torch.Tensor:
+        """An image file decoded and transformed as in training: [3, H, W] (DataError names a bad file)."""
+        return transform_image(load_image(Path(path)), self.image_size, self.crop_size)
+
+    def score(self, images: list[torch.Tensor], paths: list[str | None]) -> list[Result]:
+        """Score already transformed images ([3, H, W] each, from :meth:`load_file`)."""
         names = [p or f"image_{i:05d}" for i, p in enumerate(paths)]
         loader = DataLoader(_Items(images, names), batch_size=self.batch_size, shuffle=False)
         pred = self.model.predict(loader)
@@ -167,7 +181,7 @@ class Detector:
             score = float(pred.image_scores[i])
             results.append(Result(score=score, anomalous=None if thr is None else bool(score > thr), threshold=thr,
                                   anomaly_map=pred.anomaly_maps[i], image=rgb, path=paths[i]))
-        return results[0] if single else results
+        return results
 
     def overlay(self, r: Result) -> Image.Image:
         """The anomaly map over the input: cold at the normal images' median, fully hot from their maximum.
@@ -205,30 +219,62 @@ def _output_names(paths: list[str], input_path: Path) -> list[Path]:
     return [Path(p).relative_to(input_path).with_suffix("") for p in paths]
 
 
+FIELDS = ("path", "score", "threshold", "decision", "map", "overlay", "status", "reason")
+
+
+def _replace_atomically(write: Callable[[Path], Any], dest: Path) -> None:
+    """``write(tmp)`` beside ``dest``, then rename it over ``dest``: readers see the old file or the whole new one."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_image_outputs(det: Detector, r: Result, name: Path, output: Path) -> dict[str, Any]:
-    """``<output>/<name>.npy`` and ``<name>_overlay.png`` for one result; returns its table row."""
+    """``<output>/<name>.npy`` and ``<name>_overlay.png`` for one result (each written to a temporary file and
+    renamed into place); returns its table row."""
     base = output / name
     base.parent.mkdir(parents=True, exist_ok=True)
     npy = base.parent / f"{base.name}.npy"
     png = base.parent / f"{base.name}_overlay.png"
-    np.save(npy, r.anomaly_map.astype(np.float32))
-    det.overlay(r).save(png)
+
+    def save_npy(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, r.anomaly_map.astype(np.float32))
+
+    _replace_atomically(save_npy, npy)
+    _replace_atomically(lambda tmp: det.overlay(r).save(tmp, format="PNG"), png)
     return {"path": r.path, "score": r.score, "threshold": r.threshold, "decision": r.decision,
-            "map": str(npy.relative_to(output)), "overlay": str(png.relative_to(output))}
+            "map": str(npy.relative_to(output)), "overlay": str(png.relative_to(output)), "status": "ok", "reason": ""}
 
 
-def write_tables(det: Detector, rows: list[dict[str, Any]], output: Path) -> Path:
-    """All scores and decisions in ``predictions.csv`` and (with the calibration) ``predictions.json``."""
-    with open(output / "predictions.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    meta = {"checkpoint": str(det.checkpoint), "method": det.method_name, "threshold": det.threshold,
-            "threshold_source": "option" if det.threshold_override is not None else
-            ("calibration" if det.calibration is not None else None),
-            "calibration": det.calibration.to_dict() if det.calibration is not None else None,
-            "map_size": list(det.manifest["out_size"]), "predictions": rows}
-    (output / "predictions.json").write_text(json.dumps(meta, indent=2))
+def skipped_row(path: str, reason: str, threshold: float | None) -> dict[str, Any]:
+    """The table row of a file that ``on_error=skip`` left out."""
+    return {"path": path, "score": None, "threshold": threshold, "decision": "skipped", "map": "", "overlay": "",
+            "status": "skipped", "reason": reason}
+
+
+def write_tables(det: Detector | None, rows: list[dict[str, Any]], output: Path) -> Path:
+    """All scores and decisions in ``predictions.csv`` and ``predictions.json``, each replaced atomically."""
+    def csv_rows(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(FIELDS))
+            w.writeheader()
+            w.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in FIELDS} for row in rows)
+
+    meta: dict[str, Any] = {"checkpoint": None, "method": None, "threshold": None, "threshold_source": None,
+                            "calibration": None, "map_size": None}
+    if det is not None:
+        meta.update(checkpoint=str(det.checkpoint), method=det.method_name, threshold=det.threshold,
+                    threshold_source="option" if det.threshold_override is not None else
+                    ("calibration" if det.calibration is not None else None),
+                    calibration=det.calibration.to_dict() if det.calibration is not None else None,
+                    map_size=list(det.manifest["out_size"]))
+    meta.update(n_images=len(rows), n_skipped=sum(r["status"] == "skipped" for r in rows), predictions=rows)
+    _replace_atomically(lambda tmp: tmp.write_text(json.dumps(meta, indent=2)), output / "predictions.json")
+    _replace_atomically(csv_rows, output / "predictions.csv")  # last: a new predictions.csv means all is in place
     return output / "predictions.csv"
 
 
@@ -249,8 +295,49 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     return opts
 
 
-def _input_files(input_path: Path) -> list[Path]:
-    """The image files named by ``input=``, each opened once (DataError names a bad one)."""
+def parse_options(opts: dict[str, str]) -> dict[str, Any]:
+    """Typed values of the optional options, each checked (ConfigError names the option and its valid values)."""
+    out: dict[str, Any] = {"threshold": None, "batch_size": None, "progress": True, "on_error": "stop",
+                           "device": opts.get("device", "auto"), "method": opts.get("method")}
+    if "threshold" in opts:
+        try:
+            out["threshold"] = float(opts["threshold"])
+        except ValueError:
+            raise ConfigError(f"threshold={opts['threshold']} is not a number; pass threshold=X") from None
+        if not math.isfinite(out["threshold"]):
+            raise ConfigError(f"threshold={opts['threshold']} is not a finite number; pass threshold=X")
+    if "batch_size" in opts:
+        try:
+            out["batch_size"] = int(opts["batch_size"])
+        except ValueError:
+            out["batch_size"] = 0
+        if out["batch_size"] < 1:
+            raise ConfigError(f"batch_size={opts['batch_size']} is not a positive integer; pass batch_size=N "
+                              f"(e.g. batch_size=8)")
+    for key, allowed in (("progress", ("true", "false")), ("on_error", ("stop", "skip"))):
+        if key in opts:
+            value = opts[key].lower()
+            if value not in allowed:
+                raise ConfigError(f"{key}={opts[key]} must be {' or '.join(allowed)}")
+            out[key] = value != "false" if key == "progress" else value
+    return out
+
+
+def check_output_outside_input(input_path: Path, output: Path) -> None:
+    """``output=`` equal to or inside a folder ``input=`` is refused: the next run would score the overlays."""
+    if not input_path.is_dir():
+        return
+    inp, out = input_path.resolve(), output.resolve()
+    if out == inp or inp in out.parents:
+        raise ConfigError(f"output={output} is inside input={input_path}: the maps and overlays written there would "
+                          f"be scored as images by the next run on it; pass an output folder outside the input folder")
+
+
+def _input_files(input_path: Path, on_error: str = "stop") -> tuple[list[Path], dict[str, str]]:
+    """The image files named by ``input=``, each decoded once: (good files, {bad file: reason}).
+
+    With ``on_error="stop"`` the first bad file raises DataError naming it.
+    """
     if input_path.is_dir():
         files = list_images(input_path)
         if not files:
@@ -259,9 +346,51 @@ def _input_files(input_path: Path) -> list[Path]:
         files = [input_path]
     else:
         raise DataError(f"input={input_path} not found; pass input=IMAGE_OR_FOLDER")
+    good, bad = [], {}
     for f in files:
-        _check_image(f)
-    return files
+        try:
+            _check_image(f)
+            good.append(f)
+        except DataError as err:
+            if on_error == "stop":
+                raise
+            bad[str(f)] = str(err)
+    return good, bad
+
+
+def _predict_into(det: Detector, files: list[Path], names: list[Path], staging: Path, on_error: str,
+                  show: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Score ``files`` and write their maps and overlays under ``staging``: (rows, {skipped file: reason})."""
+    rows, skipped = [], {}
+    chunk = det.batch_size * 4  # bounded memory for large folders
+    for i in progress(range(0, len(files), chunk), "predict", show, unit="chunk"):
+        images, paths, chunk_names = [], [], []
+        for f, name in zip(files[i : i + chunk], names[i : i + chunk]):
+            try:
+                images.append(det.load_file(f))
+            except DataError as err:  # changed since the check
+                if on_error == "stop":
+                    raise
+                skipped[str(f)] = str(err)
+                continue
+            paths.append(str(f))
+            chunk_names.append(name)
+        if not images:
+            continue
+        for r, name in zip(det.score(images, paths), chunk_names):
+            rows.append(write_image_outputs(det, r, name, staging))
+            print(f"{r.decision:<9}  {r.score:.6g}  {r.path}")
+    return rows, skipped
+
+
+def _commit(staging: Path, output: Path, rows: list[dict[str, Any]]) -> None:
+    """Move every map and overlay from ``staging`` into ``output`` (one rename per file)."""
+    for row in rows:
+        for key in ("map", "overlay"):
+            if row[key]:
+                dest = output / row[key]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / row[key], dest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,40 +399,56 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.split("Python::")[0].strip())
         print("\nOptions:\n" + "\n".join(f"  {k}=...  {v}" for k, v in OPTIONS.items()))
         return 0
+    staging: Path | None = None
+    output = Path(".")
     try:
         opts = parse_args(argv)
-        threshold = None
-        if "threshold" in opts:
-            try:
-                threshold = float(opts["threshold"])
-            except ValueError:
-                raise ConfigError(f"threshold={opts['threshold']} is not a number; pass threshold=X") from None
+        o = parse_options(opts)
         output = Path(opts["output"])
         input_path = Path(opts["input"])
-        files = _input_files(input_path)  # every file checked before the model is loaded
+        check_output_outside_input(input_path, output)
+        files, skipped = _input_files(input_path, o["on_error"])  # every file checked before the model is loaded
         ensure_writable_dir(output, "output")
-        show = opts.get("progress", "true").lower() != "false"
-        det = Detector(opts["checkpoint"], device=opts.get("device", "auto"), threshold=threshold,
-                       method=opts.get("method"), batch_size=int(opts["batch_size"]) if "batch_size" in opts else None)
-        names = _output_names([str(f) for f in files], input_path)
-        rows = []
-        chunk = max(det.batch_size, 1) * 4  # bounded memory for large folders
-        for i in progress(range(0, len(files), chunk), "predict", show, unit="chunk"):
-            results = det.predict([str(f) for f in files[i : i + chunk]])
-            for r, name in zip(results, names[i : i + chunk]):
-                rows.append(write_image_outputs(det, r, name, output))
-                print(f"{r.decision:<9}  {r.score:.6g}  {r.path}")
-        table = write_tables(det, rows, output)
+        det = None
+        rows: list[dict[str, Any]] = []
+        if files:
+            try:
+                det = Detector(opts["checkpoint"], device=o["device"], threshold=o["threshold"], method=o["method"],
+                               batch_size=o["batch_size"])
+            except RuntimeError as err:  # e.g. torch.device("nonsense")
+                raise ConfigError(f"device={o['device']}: {err}; pass device=auto, cpu, cuda or cuda:N") from None
+            staging = make_staging(output, ".adbench-predict")
+            names = _output_names([str(f) for f in files], input_path)
+            rows, late = _predict_into(det, files, names, staging, o["on_error"], o["progress"])
+            skipped.update(late)
+        thr = det.threshold if det is not None else None
+        rows += [skipped_row(p, reason, thr) for p, reason in skipped.items()]
+        rows.sort(key=lambda r: r["path"])
+        if staging is not None:
+            _commit(staging, output, rows)
+        table = write_tables(det, rows, output)  # last: its presence means every listed output is in place
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    n_bad = sum(r["decision"] == "anomalous" for r in rows)
-    thr = det.threshold
-    if thr is None:
+    except OSError as err:
+        print(f"error: cannot write the outputs to output={output} ({err.strerror or err}); free some space or "
+              f"pass output=DIR; predictions.csv was not updated", file=sys.stderr)
+        return 2
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    scored = [r for r in rows if r["status"] == "ok"]
+    n_bad = sum(r["decision"] == "anomalous" for r in scored)
+    if det is not None and thr is None:
         print("no threshold: the checkpoint was trained with calibration.holdout=0; retrain with "
               "calibration.holdout=0.1 or pass threshold=X for decisions", file=sys.stderr)
-    print(f"{len(rows)} image(s), {n_bad} anomalous (threshold {thr if thr is None else f'{thr:.6g}'}); "
+    print(f"{len(scored)} image(s), {n_bad} anomalous (threshold {thr if thr is None else f'{thr:.6g}'}); "
           f"maps, overlays and {table.name} in {output}")
+    if skipped:
+        first = next(iter(sorted(skipped)))
+        print(f"error: {len(skipped)} of {len(rows)} file(s) skipped (on_error=skip), the other {len(scored)} scored; "
+              f"first: {skipped[first]}; every skipped file is a status=skipped row of {table}", file=sys.stderr)
+        return 1
     return 0
 
 

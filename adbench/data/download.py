@@ -16,10 +16,8 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -32,6 +30,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from .mvtec import CATEGORIES, MVTEC_URL
+from .staging import make_staging
 
 DEFAULT_URL = ("https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f283/download/420938113-1629960298/"
                "mvtec_anomaly_detection.tar.xz")
@@ -217,25 +216,10 @@ def is_complete(root: Path, category: str) -> bool:
 
 
 STAGING_PREFIX = ".adbench-extract"
-STAGING_MARKER = ".adbench-staging.json"
 
 
 class ExtractError(DownloadError):
     """The archive could not be extracted; nothing was moved into ROOT."""
-
-
-def _remove_stale_staging(root: Path) -> None:
-    """Delete staging folders left by killed runs of this tool on this host (marked, owner process gone)."""
-    for d in root.glob(STAGING_PREFIX + "*"):
-        try:
-            info = json.loads((d / STAGING_MARKER).read_text())
-            if info.get("host") != socket.gethostname():
-                continue
-            os.kill(int(info["pid"]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # not ours, unreadable, or its process is alive
 
 
 def _check_extracted(folder: Path, category: str) -> None:
@@ -257,10 +241,8 @@ def extract(archive: Path, root: Path, categories: list[str], progress: bool = T
     ``root/<category>`` is never replaced or deleted. On any error the staging folder is removed and
     :class:`ExtractError` says why in one line.
     """
-    _remove_stale_staging(root)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + "-", dir=root))
+    staging = make_staging(root, STAGING_PREFIX)
     try:
-        (staging / STAGING_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         wanted = set(categories)
         found: set[str] = set()
         member = ""
