@@ -36,6 +36,11 @@ test-slurm: ## start a one-node SLURM cluster here (root; scripts/slurm_local.sh
 	SLURM_CONF=$${SLURM_LOCAL_DIR:-$${TMPDIR:-/tmp}/adbench-slurm}/slurm.conf $(PY) -m pytest -q -m slurm -s; \
 		rc=$$?; scripts/slurm_local.sh stop; exit $$rc
 
+gpu-check: ## GPU readiness check, < 8 min on one CUDA GPU: JSON + timing table in OUT (default results/gpu_check; DEVICE=cpu: tiny CPU mode; WHEELS=DIR: missing deps)
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) DEVICE=$(DEVICE) WHEELS=$(WHEELS) STEPS=$(STEPS) \
+		DATA=$(if $(wildcard $(SHARED)/data/mvtec_ad),$(SHARED)/data/mvtec_ad,$(DATA)) \
+		scripts/gpu_check.sh $(or $(OUT),results/gpu_check)
+
 bench: ## performance benchmark of PatchCore (prints a table, writes results/bench.json; PEER=anomalib SIZES=200,1000,3000)
 	$(PY) -m adbench.bench --data $(if $(wildcard $(SHARED)/data/mvtec_ad),$(SHARED)/data/mvtec_ad,$(DATA)) \
 		$(if $(SIZES),--sizes "$(SIZES)") $(if $(PEER),--peer $(PEER) --peer-python $(or $(PEER_PYTHON),$(PEER_VENV)/bin/python)) $(BENCH_ARGS)
