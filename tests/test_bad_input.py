@@ -63,6 +63,25 @@ def test_corrupt_or_truncated_image(folders, tmp_path, no_model):
     assert not (tmp_path / "results" / "runs").exists()
 
 
+@pytest.mark.parametrize("fault", ["truncated_jpeg", "decompression_bomb"])
+def test_truncated_jpeg_or_bomb_stops_the_run_before_the_model(folders, tmp_path, no_model, fault):
+    from .test_data_faults import bomb_png
+
+    if fault == "truncated_jpeg":  # PIL's verify() passes it; only a full decode finds it (it used to fail after fit)
+        bad = folders["test_normal_dir"] / "zz.jpg"
+        Image.open(folders["test_normal_dir"] / "000.png").convert("RGB").save(bad, quality=90)
+        bad.write_bytes(bad.read_bytes()[:800])
+        expected = f"unreadable or truncated image: {bad} (OSError: image file is truncated"
+    else:
+        bad = folders["normal_dir"] / "huge.png"
+        bomb_png(bad)
+        expected = f"image too large: {bad} (Image size (400000000 pixels) exceeds limit"
+    with pytest.raises(DataError) as info:
+        run_folder(folders, tmp_path)
+    assert one_line(info.value).startswith(expected)
+    assert not (tmp_path / "results" / "runs").exists()
+
+
 def test_mixed_grayscale_rgb_and_other_modes_are_converted(folders, tmp_path):
     rng = np.random.default_rng(0)
     src = np.asarray(Image.open(folders["normal_dir"] / "000.png"))  # [H, W, 3]
