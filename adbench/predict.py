@@ -400,7 +400,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\nOptions:\n" + "\n".join(f"  {k}=...  {v}" for k, v in OPTIONS.items()))
         return 0
     staging: Path | None = None
-    output = Path(".")
     try:
         opts = parse_args(argv)
         o = parse_options(opts)
@@ -417,22 +416,23 @@ def main(argv: list[str] | None = None) -> int:
                                batch_size=o["batch_size"])
             except RuntimeError as err:  # e.g. torch.device("nonsense")
                 raise ConfigError(f"device={o['device']}: {err}; pass device=auto, cpu, cuda or cuda:N") from None
-            staging = make_staging(output, ".adbench-predict")
-            names = _output_names([str(f) for f in files], input_path)
-            rows, late = _predict_into(det, files, names, staging, o["on_error"], o["progress"])
-            skipped.update(late)
         thr = det.threshold if det is not None else None
-        rows += [skipped_row(p, reason, thr) for p, reason in skipped.items()]
-        rows.sort(key=lambda r: r["path"])
-        if staging is not None:
-            _commit(staging, output, rows)
-        table = write_tables(det, rows, output)  # last: its presence means every listed output is in place
+        try:
+            if files:
+                staging = make_staging(output, ".adbench-predict")
+                names = _output_names([str(f) for f in files], input_path)
+                rows, late = _predict_into(det, files, names, staging, o["on_error"], o["progress"])
+                skipped.update(late)
+            rows += [skipped_row(p, reason, thr) for p, reason in skipped.items()]
+            rows.sort(key=lambda r: r["path"])
+            if staging is not None:
+                _commit(staging, output, rows)
+            table = write_tables(det, rows, output)  # last: a new predictions.csv means every output is in place
+        except OSError as err:  # e.g. ENOSPC: the probe of ensure_writable_dir cannot see a full disk
+            raise ConfigError(f"cannot write the outputs to output={output} ({err.strerror or err}); free some "
+                              f"space or pass output=DIR; predictions.csv was not updated") from None
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: cannot write the outputs to output={output} ({err.strerror or err}); free some space or "
-              f"pass output=DIR; predictions.csv was not updated", file=sys.stderr)
         return 2
     finally:
         if staging is not None:
