@@ -2,13 +2,15 @@
 
 A single run stops with one ``error: ...`` line and exit code 2 on bad input. In a sweep (``-m``) every job is
 isolated: a job whose data is missing or that fails is recorded (status ``missing`` / ``failed`` with the error)
-and the sweep goes on; with ``resume=true`` jobs whose result already exists are skipped.
+and the sweep goes on (a failure never replaces an ``ok`` record: it goes beside it, to ``<record>.failed.json``);
+with ``resume=true`` jobs whose result already exists are skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -16,26 +18,44 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from . import sweep  # noqa: F401 - registers the ${adbench_sweep_id:} resolver of conf/config.yaml's hydra.sweep.dir
+
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("adbench")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its import chatter is not for users
 
 
-def _record_failure(cfg: DictConfig, status: str, err: BaseException) -> str | None:
-    """Write a failure record where the run's result would go; returns its path (None if impossible)."""
-    from .results import config_hash, run_path, write_json_atomic
+def _record_failure(cfg: DictConfig, status: str, err: BaseException) -> tuple[str | None, str | None]:
+    """Write a failure record where the run's result would go -> (its path or None if impossible, the path of an
+    ``ok`` record that was kept or None). A failure never replaces an ``ok`` record: it then goes beside it, to
+    ``<record>.failed.json``."""
+    from .results import config_hash, failure_path, read_record, run_path, write_json_atomic
 
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         path = run_path(cfg.results_dir, resolved)
+        kept = None
+        if path.is_file():
+            rec, _ = read_record(path)
+            if rec is not None and rec.get("status") == "ok":
+                kept, path = str(path), failure_path(path)
         write_json_atomic(path, {
             "status": status, "error": f"{type(err).__name__}: {err}",
             "traceback": traceback.format_exc(limit=8) if status == "failed" else None,
             "config": resolved, "config_hash": config_hash(resolved), "metrics": {},
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
-        return str(path)
+        return str(path), kept
     except Exception:  # noqa: BLE001 - recording must never mask the original error
-        return None
+        return None, None
+
+
+def _failed(cfg: DictConfig, status: str, err: BaseException, error: str) -> dict[str, Any]:
+    """Record a failed sweep job, log one line, and return its status for the sweep summary."""
+    path, kept = _record_failure(cfg, status, err)
+    where = f"recorded in {path}" + (f"; the earlier ok result {kept} is kept" if kept else "")
+    log.error("job %s: %s (%s); the sweep goes on", status, error, where)
+    return {"status": status, "error": error, "path": path, "kept": kept}
 
 
 def job(cfg: DictConfig) -> dict[str, Any]:
@@ -54,16 +74,11 @@ def job(cfg: DictConfig) -> dict[str, Any]:
         if not multirun:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        status = "missing" if isinstance(err, DataError) else "failed"
-        path = _record_failure(cfg, status, err)
-        log.error("job %s: %s (recorded in %s); the sweep goes on", status, err, path)
-        return {"status": status, "error": str(err), "path": path}
+        return _failed(cfg, "missing" if isinstance(err, DataError) else "failed", err, str(err))
     except Exception as err:  # noqa: BLE001 - OOM, bugs: record, keep sweeping
         if not multirun:
             raise
-        path = _record_failure(cfg, "failed", err)
-        log.error("job failed: %s: %s (recorded in %s); the sweep goes on", type(err).__name__, err, path)
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}", "path": path}
+        return _failed(cfg, "failed", err, f"{type(err).__name__}: {err}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -8,6 +8,7 @@ normal scores. Test labels are never used. The result is stored in the checkpoin
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,17 +43,32 @@ class Calibration:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / CALIBRATION_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        from .results import write_json_atomic
+
+        return write_json_atomic(Path(directory) / CALIBRATION_FILE, self.to_dict())
 
     @classmethod
     def load(cls, directory: str | Path) -> "Calibration | None":
-        """The calibration stored in a checkpoint folder, None when it was trained without one."""
+        """The calibration stored in a checkpoint folder, None when it was trained without one; ConfigError
+        (one line naming the file) when it is unreadable, incomplete or its numbers are not finite."""
         path = Path(directory) / CALIBRATION_FILE
         if not path.is_file():
             return None
-        return cls.from_dict(json.loads(path.read_text()))
+        fix = "retrain with save_model=true, or delete it and pass threshold=X to adbench.predict"
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path} is unreadable or corrupt ({type(err).__name__}); {fix}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path} is corrupt (a JSON {type(d).__name__}, not an object); {fix}")
+        missing = [k for k in cls.__dataclass_fields__ if k not in d]
+        if missing:
+            raise ConfigError(f"{path} is incomplete (no {', '.join(missing)}); {fix}")
+        for k in ("threshold", "quantile", "map_low", "map_high"):
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{path}: {k} is {v!r}, not a finite number; {fix}")
+        return cls.from_dict(d)
 
 
 def check_options(holdout: float, quantile: float) -> None:

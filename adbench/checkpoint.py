@@ -7,7 +7,10 @@ library versions). Any registered method loads through the registry: the method 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,39 +23,110 @@ from .data.errors import ConfigError
 from .data.transforms import output_size
 from .registry import get_method, list_methods
 from .results import package_versions
+from .utils import disk_full, write_dir_atomic
 
 MANIFEST = "adbench_checkpoint.json"
 CONFIG = "config.yaml"
 FORMAT = 1
 
+CALIBRATION = "calibration.json"
+_OWN = (MANIFEST, CONFIG, CALIBRATION)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_list(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``directory`` but the manifest."""
+    out = {}
+    for f in sorted(directory.rglob("*")):
+        if f.is_file() and f.name != MANIFEST:
+            out[f.relative_to(directory).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+    return out
+
 
 def write_checkpoint(directory: str | Path, method: Any, cfg: DictConfig, ctx: RunContext,
                      calibration: Calibration | None) -> Path:
-    """Save ``method`` and everything needed to use it without the training data into ``directory``."""
+    """Save ``method`` and everything needed to use it without the training data into ``directory``.
+
+    Everything is written into a temporary folder beside ``directory`` that replaces it only when complete, with
+    a manifest listing the size and SHA-256 of every file (what :func:`verify_checkpoint` checks). Files a
+    method left in ``directory`` during ``fit`` (training states) are carried over; an old checkpoint's own
+    files are not. Raises OSError when a write fails (``directory`` is then untouched).
+    """
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    method.save(out)
-    OmegaConf.save(cfg, out / CONFIG, resolve=True)
-    (out / "calibration.json").unlink(missing_ok=True)
-    if calibration is not None:
-        calibration.save(out)
-    manifest = {
-        "format": FORMAT,
-        "method": str(cfg.method.name),
-        "dataset": str(cfg.dataset.name),
-        "category": str(cfg.category),
-        "seed": int(cfg.seed),
-        "image_size": int(cfg.dataset.image_size),
-        "crop_size": int(cfg.dataset.crop_size) if cfg.dataset.crop_size else None,
-        "out_size": list(ctx.image_size),
-        "is_texture": bool(ctx.is_texture),
-        "grayscale": bool(ctx.grayscale),
-        "calibrated": calibration is not None,
-        "versions": package_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    old_files = set()
+    try:
+        old_files = set((json.loads((out / MANIFEST).read_text()) or {}).get("files") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+
+    def fill(tmp: Path) -> None:
+        try:
+            method.save(tmp)
+        except OSError:
+            raise
+        except Exception as err:  # a C++ writer (torch, faiss) on a full disk reports no errno
+            if disk_full(tmp):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from err
+            raise
+        OmegaConf.save(cfg, tmp / CONFIG, resolve=True)
+        if calibration is not None:
+            calibration.save(tmp)
+        manifest = {
+            "format": FORMAT,
+            "method": str(cfg.method.name),
+            "dataset": str(cfg.dataset.name),
+            "category": str(cfg.category),
+            "seed": int(cfg.seed),
+            "image_size": int(cfg.dataset.image_size),
+            "crop_size": int(cfg.dataset.crop_size) if cfg.dataset.crop_size else None,
+            "out_size": list(ctx.image_size),
+            "is_texture": bool(ctx.is_texture),
+            "grayscale": bool(ctx.grayscale),
+            "calibrated": calibration is not None,
+            "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": _file_list(tmp),  # size and SHA-256 of every file: what resume and load verify
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    write_dir_atomic(out, fill, keep=lambda name: name not in _OWN and name not in old_files)
     return out
+
+
+def verify_checkpoint(directory: str | Path) -> str | None:
+    """Why the checkpoint in ``directory`` cannot be trusted (one line naming the file), or None when its
+    manifest is readable and every file it lists is there with the listed size and SHA-256."""
+    d = Path(directory)
+    try:
+        manifest = read_manifest(d)
+    except ConfigError as err:
+        return str(err)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{d / MANIFEST} lists no files (written by an older adbench): its files cannot be verified"
+    for name, meta in files.items():
+        f = d / name
+        try:
+            size, sha = int(meta["size"]), str(meta["sha256"])
+        except (TypeError, KeyError, ValueError):
+            return f"{d / MANIFEST} is corrupt (bad entry for {name})"
+        if not f.is_file():
+            return f"{f} is missing (listed in {MANIFEST})"
+        if f.stat().st_size != size:
+            return f"{f} is truncated or modified ({f.stat().st_size} bytes, {MANIFEST} says {size})"
+        if _sha256(f) != sha:
+            return f"{f} is corrupt or modified (its SHA-256 differs from {MANIFEST})"
+    return None
+
+
+_REQUIRED = {"format": int, "method": str, "out_size": list}
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -65,14 +139,26 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if path.is_file():
         try:
             manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is corrupt ({err}); retrain with save_model=true") from None
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path} is unreadable or corrupt ({type(err).__name__}); retrain with "
+                              f"save_model=true") from None
+        if not isinstance(manifest, dict):
+            raise ConfigError(f"{path} is corrupt (a JSON {type(manifest).__name__}, not an object); retrain with "
+                              f"save_model=true")
+        bad = [k for k, t in _REQUIRED.items() if not isinstance(manifest.get(k), t)]
+        if "format" not in bad and manifest["format"] == FORMAT and bad:
+            raise ConfigError(f"{path} is corrupt (missing or wrong {', '.join(bad)}); retrain with save_model=true")
     elif (d / CONFIG).is_file():
-        cfg = OmegaConf.load(d / CONFIG)
-        manifest = {"format": FORMAT, "method": str(cfg.method.name), "dataset": str(cfg.dataset.name),
-                    "category": str(cfg.category), "seed": int(cfg.seed), "image_size": int(cfg.dataset.image_size),
-                    "crop_size": int(cfg.dataset.crop_size) if cfg.dataset.crop_size else None,
-                    "is_texture": False, "grayscale": False}
+        cfg = load_config(d / CONFIG)
+        try:
+            manifest = {"format": FORMAT, "method": str(cfg.method.name), "dataset": str(cfg.dataset.name),
+                        "category": str(cfg.category), "seed": int(cfg.seed),
+                        "image_size": int(cfg.dataset.image_size),
+                        "crop_size": int(cfg.dataset.crop_size) if cfg.dataset.crop_size else None,
+                        "is_texture": False, "grayscale": False}
+        except Exception as err:  # noqa: BLE001 - any missing or malformed key
+            raise ConfigError(f"{d / CONFIG} is not an adbench run config ({type(err).__name__}); retrain with "
+                              f"save_model=true") from None
         manifest["out_size"] = list(output_size(manifest["image_size"], manifest["crop_size"]))
     else:
         raise ConfigError(f"checkpoint={directory} is not an adbench checkpoint (no {MANIFEST} or {CONFIG} in it); "
@@ -84,11 +170,24 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def load_config(path: Path) -> DictConfig:
+    """A checkpoint's ``config.yaml``; ConfigError naming it when it is not a readable YAML mapping."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - yaml / omegaconf / decoding errors
+        raise ConfigError(f"{path} is unreadable or corrupt ({type(err).__name__}); retrain with "
+                          f"save_model=true") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} is corrupt (not a YAML mapping); retrain with save_model=true")
+    return cfg
+
+
 def load_checkpoint(directory: str | Path, device: Any = "cpu", method: str | None = None,
                     progress: bool = False) -> tuple[Any, dict[str, Any], DictConfig, Calibration | None]:
     """(fitted method, manifest, resolved run config, calibration or None) from a checkpoint folder.
 
-    ``method``: the method the caller expects; a checkpoint of another method raises ConfigError.
+    The files are checked against the manifest's sizes and SHA-256 first. ``method``: the method the caller
+    expects; a checkpoint of another method raises ConfigError.
     """
     import torch
 
@@ -101,7 +200,11 @@ def load_checkpoint(directory: str | Path, device: Any = "cpu", method: str | No
     if name not in list_methods():
         raise ConfigError(f"checkpoint {d} was written by method {name!r}, which this adbench does not have "
                           f"(registered: {', '.join(list_methods())}); install the version that has it")
-    cfg = OmegaConf.load(d / CONFIG) if (d / CONFIG).is_file() else OmegaConf.create({})
+    if isinstance(manifest.get("files"), dict):  # older checkpoints have no file list
+        problem = verify_checkpoint(d)
+        if problem:
+            raise ConfigError(f"{problem}; retrain with save_model=true")
+    cfg = load_config(d / CONFIG) if (d / CONFIG).is_file() else OmegaConf.create({})
     ctx = RunContext(device=torch.device(device), seed=int(manifest.get("seed", 0)),
                      category=str(manifest.get("category", "")), is_texture=bool(manifest.get("is_texture")),
                      grayscale=bool(manifest.get("grayscale")), image_size=tuple(manifest["out_size"]),
@@ -111,5 +214,12 @@ def load_checkpoint(directory: str | Path, device: Any = "cpu", method: str | No
     except FileNotFoundError as err:
         raise ConfigError(f"checkpoint {d} is incomplete ({err}); retrain with save_model=true") from None
     except ConfigError as err:
-        raise ConfigError(f"{err}; retrain with this adbench (save_model=true)") from None
+        raise ConfigError(str(err) if "retrain" in str(err) else f"{err}; retrain with this adbench "
+                          f"(save_model=true)") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:  # e.g. a corrupt faiss index
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise ConfigError(f"checkpoint {d} could not be loaded ({type(err).__name__}: {first}); retrain with "
+                          f"save_model=true") from None
     return model, manifest, cfg, Calibration.load(d)

@@ -31,8 +31,11 @@ def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Best F1 over all thresholds of the image scores."""
-    precision, recall, _ = precision_recall_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64))
+    """Best F1 over all thresholds of the image scores. NaN (undefined) when there is no anomalous image."""
+    labels = np.asarray(labels).astype(int)
+    if not labels.any():
+        return float("nan")
+    precision, recall, _ = precision_recall_curve(labels, np.asarray(scores, dtype=np.float64))
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(f1.max())
 

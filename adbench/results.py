@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -35,12 +36,44 @@ def run_path(results_dir: str | Path, cfg: dict[str, Any]) -> Path:
             / str(cfg["category"]) / f"seed{cfg['seed']}-{config_hash(cfg)}.json")
 
 
+def failure_path(path: str | Path) -> Path:
+    """Where a failed job's record goes when an ``ok`` record already holds ``path``: ``<stem>.failed.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.failed.json")
+
+
+def read_record(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the record at ``path``, None) or (None, why it cannot be used: unreadable, not JSON, not an object)."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except OSError as err:
+        return None, f"cannot read {path} ({err.strerror or type(err).__name__})"
+    except ValueError as err:
+        return None, f"{path} is not valid JSON ({type(err).__name__})"
+    if not isinstance(rec, dict):
+        return None, f"{path} is not a run record (a JSON {type(rec).__name__}, not an object)"
+    return rec, None
+
+
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``.
+
+    The file gets the mode a plain ``open()`` would give it (0o666 less the umask), not ``mkstemp``'s 0600, so
+    records in a shared results folder stay readable by the others who may read it. A failed write (e.g. ENOSPC)
+    raises OSError and leaves no temporary file."""
+    from .utils import file_mode
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, allow_nan=False, default=str)
             f.flush()
@@ -102,13 +135,17 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
     """One row per successful run record: method, dataset, category, seed, preset, metrics, times."""
     rows = []
     for p in sorted(Path(results_dir).glob("runs/**/*.json")):
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+        rec, problem = read_record(p)
+        if rec is None:
+            warn(f"{problem}; skipped")
             continue
         if rec.get("status", "ok") != "ok":
             continue
         cfg = rec.get("config", {})
+        if not isinstance(cfg, dict) or not isinstance(rec.get("metrics", {}), dict) or \
+                not all(isinstance(cfg.get(k, {}), dict) for k in ("method", "dataset")):
+            warn(f"{p} is not a run record (its config or metrics are not objects); skipped")
+            continue
         row = {"method": cfg.get("method", {}).get("name"), "dataset": cfg.get("dataset", {}).get("name"),
                "category": cfg.get("category"), "seed": cfg.get("seed"),
                "preset": (cfg.get("preset") or {}).get("name"), "path": str(p)}

@@ -16,15 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from .api import Prediction, RunContext
 from .calibration import Calibration, calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
-from .checkpoint import write_checkpoint
+from .checkpoint import verify_checkpoint, write_checkpoint
 from .data.errors import ConfigError
 from .data.mvtec import MVTecDataModule
 from .data.synthetic import SyntheticDataModule
 from .evaluate import compute_metrics, metric_curves
 from .registry import get_method, list_methods
-from .results import clean_metrics, config_hash, git_commit, package_versions, run_path, write_json_atomic
+from .results import (clean_metrics, config_hash, failure_path, git_commit, package_versions, read_record, run_path,
+                      warn, write_json_atomic)
 from .trainlog import check_logger, record_log, tensorboard_dir, write_tensorboard
-from .utils import ensure_writable_dir, peak_rss_mb, resolve_device, seed_everything
+from .utils import ensure_writable_dir, peak_rss_mb, resolve_device, seed_everything, write_dir_atomic, write_failed
 
 log = logging.getLogger("adbench")
 
@@ -55,11 +56,11 @@ DATAMODULES: dict[str, Any] = {}
 
 
 def format_metrics(metrics: dict[str, Any], title: str) -> str:
-    """The end-of-run table: one metric per line."""
+    """The end-of-run table: one metric per line; an undefined metric shows ``null``, as in the record."""
     width = max(len(k) for k in metrics) if metrics else 10
     lines = [title, "-" * max(len(title), width + 10)]
     for k, v in metrics.items():
-        lines.append(f"{k:<{width}}  " + ("–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"))
+        lines.append(f"{k:<{width}}  " + ("null" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"))
     return "\n".join(lines)
 
 
@@ -130,23 +131,37 @@ def check_method(cfg: DictConfig) -> str:
 
 def resume_check(cfg: DictConfig, out_path: Path, logger: str = "none") -> dict[str, Any] | None:
     """With resume on: the existing ``ok`` record at ``out_path`` when it has what this run asks for (the run is
-    then skipped), else None (the run goes ahead)."""
+    then skipped), else None (the run goes ahead). A checkpoint it names must pass :func:`verify_checkpoint`
+    (manifest readable, every file with its listed size and SHA-256) and its overlays must exist."""
     if not resume_enabled(cfg.get("resume", False)) or not out_path.is_file():
         return None
-    try:
-        rec = json.loads(out_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        rec = {}
+    rec, problem = read_record(out_path)
+    if rec is None:
+        warn(f"{problem}; running it again")
+        return None
+    if rec.get("status") != "ok":
+        return None
     wanted = [k for k, asked in (("overlays", cfg.get("save_maps")), ("checkpoint", cfg.get("save_model")),
                                  ("tensorboard", logger == "tensorboard")) if asked]
     missing = [k for k in wanted if not rec.get(k)]
-    if rec.get("status") == "ok" and missing:
+    if missing:
         log.info("resume: %s has no %s, which this run asks for: running it again", out_path, " / ".join(missing))
-    elif rec.get("status") == "ok":
-        log.info("resume: result exists, skipping %s", out_path)
-        print(f"skipped (resume: result exists): {out_path}")
-        return {**rec, "skipped": True, "path": str(out_path)}
-    return None
+        return None
+    rel = out_path.relative_to(Path(str(cfg.results_dir)) / "runs").with_suffix("")
+    if "checkpoint" in wanted:
+        problem = verify_checkpoint(Path(str(cfg.results_dir)) / "checkpoints" / rel)
+        if problem:
+            print(f"resume: not trusting the checkpoint of {out_path}: {problem}; running it again")
+            return None
+    if "overlays" in wanted:
+        maps_dir = Path(str(cfg.results_dir)) / "maps" / rel
+        lost = [Path(str(o)).name for o in rec.get("overlays") or [] if not (maps_dir / Path(str(o)).name).is_file()]
+        if lost:
+            print(f"resume: overlays of {out_path} are missing in {maps_dir} ({', '.join(lost)}); running it again")
+            return None
+    log.info("resume: result exists, skipping %s", out_path)
+    print(f"skipped (resume: result exists): {out_path}")
+    return {**rec, "skipped": True, "path": str(out_path)}
 
 
 def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, results_dir: Path,
@@ -268,7 +283,7 @@ def print_summary(s: RunSetup, ev: Evaluation, record: dict[str, Any]) -> None:
     for key, em in ev.extra_metrics.items():
         print(format_metrics({k: v for k, v in em.items() if not k.startswith("auroc_")}, f"  {key} (same model)"))
     if ev.undefined:
-        log.warning("metrics without a value (one class only?): %s", ", ".join(ev.undefined))
+        print(undefined_reason(ev.undefined, ev.labels))
     print(f"fit {record['fit_s']:.1f}s  predict {record['predict_s']:.1f}s  evaluate {record['evaluate_s']:.1f}s  "
           f"peak RSS {record['peak_rss_mb']:.0f} MiB")
     if ev.calibration_record is not None:
@@ -278,24 +293,53 @@ def print_summary(s: RunSetup, ev: Evaluation, record: dict[str, Any]) -> None:
         print(f"threshold {c['threshold']:.6g} (quantile {c['quantile']} of {c['n_images']} held-out normal images){rates}")
 
 
+def undefined_reason(undefined: list[str], labels: np.ndarray) -> str:
+    """One line saying which metrics are undefined (null) and why."""
+    n, n_bad = len(labels), int(np.asarray(labels).astype(bool).sum())
+    if n_bad == 0:
+        why = f"the test set has only good images ({n}); add anomalous test images to measure them"
+    elif n_bad == n:
+        why = f"the test set has only anomalous images ({n}); add good test images to measure them"
+    else:
+        why = "the masks hold one class only (no anomalous or no normal pixel)"
+    return f"undefined metrics (null in the record): {', '.join(undefined)}: {why}"
+
+
 def write_outputs(s: RunSetup, fitted: Fitted, ev: Evaluation, record: dict[str, Any],
                   logger: str = "none") -> dict[str, Any]:
     """Checkpoint (``save_model``), overlays (``save_maps``), TensorBoard events (``logger=tensorboard``), then
-    the record last: a record never names an output that is not complete. Returns the record with ``path``."""
+    the record last: a record never names an output that is not complete. Each is written atomically
+    (temporary file or folder + rename); a failed write (e.g. a full disk) raises a one-line ConfigError naming
+    the path and leaves no partial file. Returns the record with ``path``."""
     cfg = s.cfg
     if cfg.get("save_model", False):
-        write_checkpoint(s.work_dir, s.method, cfg, s.ctx, fitted.calibration)
+        try:
+            write_checkpoint(s.work_dir, s.method, cfg, s.ctx, fitted.calibration)
+        except OSError as err:
+            raise write_failed(s.work_dir, err) from None
         record["checkpoint"] = str(s.work_dir)
     if cfg.get("save_maps", False):
         from .viz import save_overlays
 
-        record["overlays"] = [str(p) for p in save_overlays(s.dm.test_dataset(with_labels=True), ev.pred, ev.labels,
-                                                            s.maps_dir)]
+        dataset = s.dm.test_dataset(with_labels=True)
+        try:
+            names = write_dir_atomic(s.maps_dir, lambda tmp: [p.name for p in save_overlays(dataset, ev.pred,
+                                                                                            ev.labels, tmp)])
+        except OSError as err:
+            raise write_failed(s.maps_dir, err) from None
+        record["overlays"] = [str(s.maps_dir / n) for n in names]
     if logger == "tensorboard":  # event files: train_log per step, final metrics, config as hyper-parameters
-        record["tensorboard"] = str(write_tensorboard(tensorboard_dir(s.results_dir, s.out_path),
-                                                      getattr(s.method, "train_log", None) or [], ev.metrics,
-                                                      s.resolved))
-    write_json_atomic(s.out_path, record)
+        tb = tensorboard_dir(s.results_dir, s.out_path)
+        try:
+            record["tensorboard"] = str(write_tensorboard(tb, getattr(s.method, "train_log", None) or [], ev.metrics,
+                                                          s.resolved))
+        except OSError as err:
+            raise write_failed(tb, err) from None
+    try:
+        write_json_atomic(s.out_path, record)
+    except OSError as err:
+        raise write_failed(s.out_path, err) from None
+    failure_path(s.out_path).unlink(missing_ok=True)  # a failure recorded beside an earlier ok record: superseded
     record["path"] = str(s.out_path)
     return record
 

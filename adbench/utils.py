@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import random
 import resource
+import shutil
 import sys
+import zipfile
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -60,24 +64,113 @@ def peak_rss_mb() -> float:
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20
 
 
-def torch_load(path: str, device: torch.device | str = "cpu") -> dict:
-    """``torch.load`` of a checkpoint written by adbench (tensors, numbers, strings)."""
-    return torch.load(path, map_location=device, weights_only=True)
+def torch_load(path: str | Path, device: torch.device | str = "cpu", fix: str = "retrain with save_model=true") -> dict:
+    """``torch.load`` of a file written by adbench (tensors, numbers, strings only: ``weights_only=True``).
+
+    A truncated, empty or foreign file (e.g. a pickle of arbitrary objects) raises ConfigError with one line
+    naming the file; torch's own text (which suggests ``weights_only=False``) is never passed on.
+    """
+    from .data.errors import ConfigError
+
+    path = Path(path)
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ConfigError(f"cannot read {path} ({err.strerror or type(err).__name__})") from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, AttributeError, TypeError,
+            ImportError, IndexError, UnicodeDecodeError, zipfile.BadZipFile) as err:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        what = "empty" if path.stat().st_size == 0 else (
+            "holds objects other than tensors and numbers" if isinstance(err, pickle.UnpicklingError) and
+            "weights_only" in str(err) else "truncated or corrupt")
+        raise ConfigError(f"{path} is not a readable adbench file: {what} ({type(err).__name__}); "
+                          f"{fix}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} is not an adbench file (it holds a {type(state).__name__}, not a dict); {fix}")
+    return state
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+class _SavedErrors:
+    """A binary file wrapper that writes everything it is given and remembers the OSError of a failed write
+    (torch's zip writer turns it into a RuntimeError without the errno)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = self.f.write(view)
+                view = view[n:]
+        except OSError as err:
+            self.error = err
+            raise
+        return len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``: ``path`` holds the
+    old file or the complete new one, never a part. A failed write raises OSError (ENOSPC on a full disk) and
+    leaves no temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb", buffering=0) as raw:
+            f = _SavedErrors(raw)
+            try:
+                torch.save(obj, f)
+            except RuntimeError:
+                if f.error is not None:
+                    raise f.error from None
+                raise
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def save_method_state(path: str | Path, method: str, version: int, cfg: Any, **payload: Any) -> None:
-    """Write a method's own checkpoint file: its name, format ``version``, resolved config (JSON) and ``payload``."""
+    """Write a method's own checkpoint file: its name, format ``version``, resolved config (JSON) and ``payload``
+    (atomically: temporary file + rename)."""
     from omegaconf import OmegaConf
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = json.dumps(OmegaConf.to_container(cfg, resolve=True))
-    torch.save({"method": method, "version": version, "config": config, **payload}, path)
+    torch_save_atomic({"method": method, "version": version, "config": config, **payload}, path)
 
 
 def load_method_state(path: str | Path, method: str, version: int) -> tuple[dict, Any]:
-    """A file written by :func:`save_method_state`, checked (it exists, was written by ``method``, at format
-    ``version``) -> (its state dict, its config as a DictConfig)."""
+    """A file written by :func:`save_method_state`, checked (it exists, is readable, was written by ``method``,
+    at format ``version``) -> (its state dict, its config as a DictConfig)."""
     from omegaconf import OmegaConf
 
     from .data.errors import ConfigError
@@ -85,12 +178,132 @@ def load_method_state(path: str | Path, method: str, version: int) -> tuple[dict
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {method} checkpoint at {path}")
-    state = torch_load(str(path))
+    state = torch_load(path)
     if state.get("method") != method:
         raise ConfigError(f"{path} is a checkpoint of method {state.get('method')!r}, not {method!r}")
     if state.get("version") != version:
         raise ConfigError(f"{path} has checkpoint version {state.get('version')}, this adbench reads {version}")
-    return state, OmegaConf.create(json.loads(state["config"]))
+    try:
+        config = json.loads(state["config"])
+        if not isinstance(config, dict):
+            raise ValueError("not an object")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path} has no readable config ({type(err).__name__}); retrain with save_model=true") from None
+    return state, OmegaConf.create(config)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(sibling: Path, tag: str) -> bool:
+    """A ``.<name>.<tag>-<pid>`` folder left by a process that no longer runs."""
+    try:
+        pid = int(sibling.name.rsplit(f".{tag}-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def write_dir_atomic(target: str | Path, fill: Callable[[Path], T], keep: Callable[[str], bool] | None = None) -> T:
+    """Build a folder with ``fill(tmp)`` in ``.<name>.tmp-<pid>`` beside ``target``, then put it in place of
+    ``target`` (atomically on Linux: the old folder is replaced only once the new one is complete).
+
+    ``keep(name)``: entries of the old folder (not written by ``fill``) to carry over into the new one.
+    A failure (or a kill) before the swap leaves ``target`` as it was; the temporary folder is removed (after a
+    kill: by the next write). Returns what ``fill`` returns.
+    """
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for sib in parent.glob(f".{target.name}.*-*"):  # left by a killed writer
+        if sib.name.startswith(f".{target.name}.old-") and _stale(sib, "old") and not target.exists():
+            os.rename(sib, target)  # killed between the two renames of the fallback swap: the old one comes back
+        elif _stale(sib, "tmp") or _stale(sib, "old"):
+            shutil.rmtree(sib, ignore_errors=True)
+    tmp = parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        out = fill(tmp)
+        if keep is not None and target.is_dir():
+            for entry in target.iterdir():
+                if keep(entry.name) and not (tmp / entry.name).exists():
+                    os.rename(entry, tmp / entry.name)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if not target.exists():
+            os.rename(tmp, target)
+        elif _exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+        else:
+            old = parent / f".{target.name}.old-{os.getpid()}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def disk_full(path: str | Path, below: int = 1 << 20) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) has less than ``below`` bytes
+    free (to name ENOSPC when a C++ writer reports it without an errno)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < below
+
+
+def write_failed(path: str | Path, err: BaseException, option: str = "results_dir") -> Exception:
+    """The one-line ConfigError for a write that failed: ``no space left on device writing PATH ...``."""
+    from .data.errors import ConfigError
+
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC or (not isinstance(err, OSError) and disk_full(path)):
+        what = "no space left on device"
+    elif code == errno.EDQUOT:
+        what = "disk quota exceeded"
+    else:
+        what = f"cannot write ({getattr(err, 'strerror', None) or type(err).__name__})"
+    return ConfigError(f"{what} writing {path}; nothing partial was left there (the metrics above are not saved); "
+                       f"free space or pass {option}=DIR")
 
 
 def ensure_writable_dir(path: str | Path, option: str) -> Path:
