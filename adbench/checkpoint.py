@@ -42,10 +42,11 @@ def _sha256(path: Path) -> str:
 
 
 def _file_list(directory: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"size", "sha256"}}`` of every file under ``directory`` but the manifest."""
+    """``{relative path: {"size", "sha256"}}`` of every file under ``directory`` but the manifest and
+    ``calibration.json`` (which a user may edit or delete; it is checked by :meth:`Calibration.load`)."""
     out = {}
     for f in sorted(directory.rglob("*")):
-        if f.is_file() and f.name != MANIFEST:
+        if f.is_file() and f.name not in (MANIFEST, CALIBRATION):
             out[f.relative_to(directory).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
     return out
 
@@ -102,7 +103,8 @@ def write_checkpoint(directory: str | Path, method: Any, cfg: DictConfig, ctx: R
 
 def verify_checkpoint(directory: str | Path) -> str | None:
     """Why the checkpoint in ``directory`` cannot be trusted (one line naming the file), or None when its
-    manifest is readable and every file it lists is there with the listed size and SHA-256."""
+    manifest is readable, every file it lists is there with the listed size and SHA-256, and its
+    ``calibration.json`` (if any) is readable with finite numbers."""
     d = Path(directory)
     try:
         manifest = read_manifest(d)
@@ -123,6 +125,10 @@ def verify_checkpoint(directory: str | Path) -> str | None:
             return f"{f} is truncated or modified ({f.stat().st_size} bytes, {MANIFEST} says {size})"
         if _sha256(f) != sha:
             return f"{f} is corrupt or modified (its SHA-256 differs from {MANIFEST})"
+    try:
+        Calibration.load(d)
+    except ConfigError as err:
+        return str(err)
     return None
 
 

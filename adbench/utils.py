@@ -301,7 +301,7 @@ def write_failed(path: str | Path, err: BaseException, option: str = "results_di
     elif code == errno.EDQUOT:
         what = "disk quota exceeded"
     else:
-        what = f"cannot write ({getattr(err, 'strerror', None) or type(err).__name__})"
+        what = getattr(err, "strerror", None) or type(err).__name__
     return ConfigError(f"{what} writing {path}; nothing partial was left there (the metrics above are not saved); "
                        f"free space or pass {option}=DIR")
 

@@ -214,9 +214,18 @@ def test_checkpoint_from_another_method(patchcore_checkpoint, tmp_path):  # noqa
     state = torch.load(copy / "patchcore.pt", weights_only=True)
     state["method"] = "lora_mae"  # method files of another method under a patchcore manifest
     torch.save(state, copy / "patchcore.pt")
+    with pytest.raises(ConfigError, match=r"patchcore.pt is truncated or modified"):  # the manifest's sizes first
+        load_checkpoint(copy)
+    _drop_file_list(copy)  # a manifest without a file list: the method file's own header is checked
     with pytest.raises(ConfigError) as info:
         load_checkpoint(copy)
     assert "is a checkpoint of method 'lora_mae', not 'patchcore'; retrain with this adbench" in one_line(info.value)
+
+
+def _drop_file_list(ckpt: Path) -> None:
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    manifest.pop("files", None)
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
 
 
 def test_checkpoint_incompatible_version(patchcore_checkpoint, tmp_path):  # noqa: F811
@@ -232,6 +241,7 @@ def test_checkpoint_incompatible_version(patchcore_checkpoint, tmp_path):  # noq
     state = torch.load(copy / "patchcore.pt", weights_only=True)
     state["version"] = 99
     torch.save(state, copy / "patchcore.pt")
+    _drop_file_list(copy)  # else the manifest's sizes and SHA-256 answer first
     with pytest.raises(ConfigError, match=r"has checkpoint version 99, this adbench reads 1; retrain with this adbench"):
         load_checkpoint(copy)
     with pytest.raises(ConfigError, match=r"^checkpoint=/no/where not found; pass checkpoint=DIR"):

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.checkpoint import MANIFEST, load_checkpoint, verify_checkpoint
+from adbench.checkpoint import MANIFEST, load_checkpoint
 from adbench.data.errors import ConfigError
 from adbench.evaluate import compute_metrics
 from adbench.results import load_runs, write_json_atomic
-from adbench.utils import load_method_state, write_dir_atomic
+from adbench.utils import load_method_state
 
 from .conftest import REPO, compose_cfg
 
@@ -136,6 +136,9 @@ _SLOW_SAVE = textwrap.dedent("""
 
 
 def test_kill_while_saving_a_checkpoint_keeps_the_old_one(results_copy, tmp_path):
+    from adbench.checkpoint import verify_checkpoint
+    from adbench.utils import write_dir_atomic
+
     root, results, rec_path, ckpt = results_copy
     before = {f: _sha(ckpt / f) for f in _files(ckpt)}
     script = tmp_path / "slow_save.py"
@@ -167,6 +170,8 @@ def test_kill_while_saving_a_checkpoint_keeps_the_old_one(results_copy, tmp_path
 
 @pytest.mark.parametrize("damage", ["truncate", "delete", "manifest"])
 def test_resume_runs_again_when_the_checkpoint_does_not_verify(results_copy, damage, capsys):
+    from adbench.checkpoint import verify_checkpoint
+
     root, results, rec_path, ckpt = results_copy
     pt = ckpt / "mean_image.pt"
     if damage == "truncate":
