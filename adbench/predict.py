@@ -3,6 +3,7 @@
 Command line::
 
     python -m adbench.predict checkpoint=DIR input=IMAGE_OR_FOLDER output=DIR [threshold=X] [device=auto]
+    python -m adbench.predict checkpoint=FILE.onnx engine=onnxruntime input=IMAGE_OR_FOLDER output=DIR
 
 writes, per image, ``<name>.npy`` (the anomaly map, float32 [H, W] at the model's input size),
 ``<name>_overlay.png`` (the map over the resized input), and a row of ``predictions.csv`` / ``predictions.json``
@@ -51,6 +52,7 @@ OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true"
            "device": "auto | cpu | cuda | cuda:N (default auto)",
            "batch_size": "images per batch, a positive integer (default: the training batch size)",
            "progress": "true | false (default true)",
+           "engine": "torch | onnxruntime (default torch); onnxruntime: checkpoint=FILE.onnx from python -m adbench.export",
            "on_error": "stop | skip (default stop): skip scores the other files, lists the bad ones as status=skipped "
                        "rows in predictions.csv/json and exits with 1"}
 
@@ -206,9 +208,19 @@ class Detector:
         return Image.fromarray(out)
 
 
+ENGINES = ("torch", "onnxruntime")
+
+
 def load(checkpoint: str | Path, device: str = "auto", threshold: float | None = None,
-         method: str | None = None, batch_size: int | None = None) -> Detector:
-    """Load a checkpoint folder for prediction (see :class:`Detector`)."""
+         method: str | None = None, batch_size: int | None = None, engine: str = "torch") -> Detector:
+    """Load a checkpoint folder for prediction (see :class:`Detector`); ``engine="onnxruntime"``: an ONNX file
+    written by :mod:`adbench.export` instead (see :mod:`adbench.onnx_runtime`)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine} is not known; pass engine=torch or engine=onnxruntime")
+    if engine == "onnxruntime":
+        from .onnx_runtime import load_onnx
+
+        return load_onnx(checkpoint, threshold=threshold, method=method, batch_size=batch_size)
     return Detector(checkpoint, device=device, threshold=threshold, method=method, batch_size=batch_size)
 
 
@@ -314,7 +326,8 @@ def parse_options(opts: dict[str, str]) -> dict[str, Any]:
         if out["batch_size"] < 1:
             raise ConfigError(f"batch_size={opts['batch_size']} is not a positive integer; pass batch_size=N "
                               f"(e.g. batch_size=8)")
-    for key, allowed in (("progress", ("true", "false")), ("on_error", ("stop", "skip"))):
+    out["engine"] = opts.get("engine", "torch")
+    for key, allowed in (("progress", ("true", "false")), ("on_error", ("stop", "skip")), ("engine", ENGINES)):
         if key in opts:
             value = opts[key].lower()
             if value not in allowed:
@@ -412,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         if files:
             try:
-                det = Detector(opts["checkpoint"], device=o["device"], threshold=o["threshold"], method=o["method"],
-                               batch_size=o["batch_size"])
+                det = load(opts["checkpoint"], device=o["device"], threshold=o["threshold"], method=o["method"],
+                           batch_size=o["batch_size"], engine=o["engine"])
             except RuntimeError as err:  # e.g. torch.device("nonsense")
                 raise ConfigError(f"device={o['device']}: {err}; pass device=auto, cpu, cuda or cuda:N") from None
         thr = det.threshold if det is not None else None

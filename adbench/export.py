@@ -1,0 +1,159 @@
+"""Export a saved model to ONNX: one graph from the normalised image to the image score and the anomaly map.
+
+Command line::
+
+    python -m adbench.export checkpoint=DIR format=onnx output=FILE.onnx [opset=17]
+
+The graph takes ``image``: float32 [B, 3, H, W], the input transformed as in training (resize, centre crop,
+ImageNet normalisation; see the metadata) and returns ``score`` [B] and ``anomaly_map`` [B, H, W]. The file's
+``metadata_props`` carry what prediction needs: method, input size, resize/crop, normalisation, the calibrated
+threshold and the adbench version. Score it with ``python -m adbench.predict checkpoint=FILE.onnx
+engine=onnxruntime ...`` or :mod:`adbench.onnx_runtime`.
+
+A method is exportable when its package registers an exporter (:func:`register_exporter`): a function from
+the loaded method to a pure ``nn.Module`` image -> (score, map). Others say why they are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .data.errors import ConfigError
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .registry import list_methods
+
+_EXPORTERS: dict[str, Callable[[Any], nn.Module]] = {}
+FORMATS = ("onnx",)
+OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true",
+           "format": "onnx (the only format)",
+           "output": "FILE.onnx, the file to write",
+           "opset": "ONNX opset version (default 17)"}
+
+
+class NotExportable(ConfigError):
+    """A method (or one of its settings) that has no ONNX graph; the message says why."""
+
+
+def register_exporter(name: str) -> Callable[[Callable[[Any], nn.Module]], Callable[[Any], nn.Module]]:
+    """Decorator: ``fn(method) -> nn.Module`` builds the export graph of a loaded method ``name``."""
+
+    def deco(fn: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
+        _EXPORTERS[name] = fn
+        return fn
+
+    return deco
+
+
+def export_module(method: Any, name: str) -> nn.Module:
+    """The pure module image [B, 3, H, W] -> (score [B], map [B, H, W]) of a loaded method, in eval mode, on CPU."""
+    list_methods()  # imports the method packages, which register their exporters
+    if name not in _EXPORTERS:
+        raise NotExportable(f"method {name!r} is not exportable because it registers no ONNX exporter "
+                            f"(exportable: {', '.join(sorted(_EXPORTERS)) or 'none'})")
+    return _EXPORTERS[name](method).cpu().eval()
+
+
+def adbench_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("adbench")
+    except Exception:  # not installed as a package (a source checkout on PYTHONPATH)
+        return "0.1.0"
+
+
+def metadata(manifest: dict[str, Any], calibration: Any, note: str) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file (all values are strings; lists and dicts as JSON)."""
+    out_size = [int(v) for v in manifest["out_size"]]
+    meta = {
+        "adbench_version": adbench_version(),
+        "method": str(manifest["method"]),
+        "category": str(manifest.get("category", "")),
+        "input_size": json.dumps(out_size),  # [H, W] of the graph's input and map
+        "image_size": str(manifest.get("image_size", out_size[0])),  # resize of the shorter side, before the crop
+        "crop_size": json.dumps(manifest.get("crop_size")),
+        "normalisation": json.dumps({"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                                     "scale": "RGB in [0, 1], then (x - mean) / std"}),
+        "input": "image: float32 [B, 3, H, W], normalised",
+        "outputs": "score: float32 [B]; anomaly_map: float32 [B, H, W]",
+        "threshold": json.dumps(calibration.threshold if calibration is not None else None),
+        "calibration": json.dumps(calibration.to_dict() if calibration is not None else None),
+        "grayscale": json.dumps(bool(manifest.get("grayscale"))),
+    }
+    if note:
+        meta["note"] = note
+    return meta
+
+
+def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17) -> Path:
+    """Write the ONNX graph of a checkpoint folder to ``output`` (replaced atomically); returns ``output``."""
+    import onnx
+
+    model, manifest, _cfg, calibration = load_checkpoint(checkpoint, "cpu")
+    name = str(manifest["method"])
+    module = export_module(model, name)
+    h, w = (int(v) for v in manifest["out_size"])
+    example = torch.zeros(2, 3, h, w)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed at export time (they are fixed)
+            torch.onnx.export(module, (example,), str(tmp), input_names=["image"],
+                              output_names=["score", "anomaly_map"], opset_version=opset, dynamo=False,
+                              dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}})
+        proto = onnx.load(str(tmp))
+        for key, value in metadata(manifest, calibration, str(getattr(module, "export_note", ""))).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__.split("A method is")[0].strip())
+        print("\nOptions:\n" + "\n".join(f"  {k}=...  {v}" for k, v in OPTIONS.items()))
+        return 0
+    try:
+        opts: dict[str, str] = {}
+        for a in argv:
+            key, sep, value = a.partition("=")
+            if not sep or key not in OPTIONS:
+                raise ConfigError(f"unknown argument {a!r}; usage: python -m adbench.export checkpoint=DIR "
+                                  f"format=onnx output=FILE.onnx")
+            opts[key] = value
+        for key in ("checkpoint", "output"):
+            if key not in opts:
+                raise ConfigError(f"missing option {key}=...: {OPTIONS[key]}")
+        fmt = opts.get("format", "onnx").lower()
+        if fmt not in FORMATS:
+            raise ConfigError(f"format={opts['format']} is not supported; pass format=onnx")
+        try:
+            opset = int(opts.get("opset", "17"))
+        except ValueError:
+            raise ConfigError(f"opset={opts['opset']} is not an integer; pass e.g. opset=17") from None
+        path = export_onnx(opts["checkpoint"], opts["output"], opset)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
