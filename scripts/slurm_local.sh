@@ -12,6 +12,8 @@
 # machine with its real CPUs and memory (`slurmd -C`), one partition `debug`, no GPUs, no cgroups (works in
 # containers). Job accounting (slurmdbd on a private MariaDB) is on because submitit learns the state of a job
 # that ended without a result (cancelled, killed, timed out) from `sacct`; without it a sweep would wait forever.
+# KillWait=0: scancel kills a job at once (submitit ignores the SIGTERM that comes first, so with SLURM's usual
+# 30 s grace a cancelled seconds-long test job could still finish).
 # Ports: SLURM_LOCAL_PORT (default 6817) for slurmctld, +1 slurmd, +2 slurmdbd, +3 MariaDB (127.0.0.1 only).
 set -euo pipefail
 
@@ -86,7 +88,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 MpiDefault=none
 ReturnToService=2
-KillWait=2
+KillWait=0
 MinJobAge=600
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
