@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import viz
-from .results import load_runs
+from .results import load_runs, read_record
 from .table1 import ORDER, REFERENCE, TABLE_METHODS, aggregate, fmt_pm, label, load_published, select, variants_of
 
 METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO (FPR ≤ 0.3)"}
@@ -120,10 +119,7 @@ def _grid(agg: pd.DataFrame, rows: list, cols: list, metric: str, pub: dict, sho
 
 
 def _record(path: str) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_record(path)[0] or {}
 
 
 def _representative(sel: pd.DataFrame) -> dict[tuple[str, str, str, str], pd.Series]:
