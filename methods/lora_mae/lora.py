@@ -24,7 +24,7 @@ def _to_lora(linear: nn.Linear, rank: int, alpha: float, dropout: float) -> lora
     return new
 
 
-def apply_lora(blocks: Iterable[nn.Module], rank: int = 4, alpha: float = 4.0, dropout: float = 0.0,
+def apply_lora(blocks: Iterable[nn.Module], rank: int = 4, alpha: float = 1.0, dropout: float = 0.0,
                mlp: bool = False) -> list[str]:
     """Replace the qkv and output projections (and with ``mlp`` the MLP layers) of each block by LoRA layers.
 
@@ -53,17 +53,32 @@ def is_lora_param(name: str) -> bool:
     return "lora_" in name
 
 
-def set_trainable(model: nn.Module, freeze_non_lora: bool, train_patch_embed: bool) -> None:
-    """Freeze the pretrained encoder except LoRA factors; the decoder (and optionally the patch embedding) train.
+TRAINABLE_SETS = ("adapters_decoder", "reference")
 
-    With ``freeze_non_lora`` false every parameter trains.
+
+def set_trainable(model: nn.Module, freeze_non_lora: bool, train_patch_embed: bool,
+                  trainable_set: str = "adapters_decoder") -> None:
+    """Freeze the pretrained encoder except LoRA factors; what else trains depends on ``trainable_set``.
+
+    ``adapters_decoder``: the LoRA factors, the whole decoder (``decoder_*``, ``mask_token``) and, with
+    ``train_patch_embed``, the patch embedding. ``reference`` (the reference code's loralib
+    ``mark_only_lora_as_trainable`` on the encoder and decoder blocks): inside ``blocks`` and ``decoder_blocks``
+    only LoRA factors train (decoder blocks need LoRA layers, see :func:`apply_lora`); every parameter outside
+    them trains (``cls_token``, ``norm``, ``decoder_embed``, ``mask_token``, ``decoder_norm``, ``decoder_pred``;
+    the patch embedding per ``train_patch_embed``). With ``freeze_non_lora`` false every parameter trains.
     """
+    if trainable_set not in TRAINABLE_SETS:
+        raise ConfigError(f"method.trainable_set={trainable_set!r} must be one of {', '.join(TRAINABLE_SETS)}")
     for name, p in model.named_parameters():
         if not freeze_non_lora:
             p.requires_grad_(True)
-        elif is_lora_param(name) or name.startswith(("decoder_", "mask_token")):
+        elif is_lora_param(name):
             p.requires_grad_(True)
         elif name.startswith("patch_embed."):
             p.requires_grad_(train_patch_embed)
+        elif trainable_set == "reference":
+            p.requires_grad_(not name.startswith(("blocks.", "decoder_blocks.")))
+        elif name.startswith(("decoder_", "mask_token")):
+            p.requires_grad_(True)
         else:  # cls_token, blocks.* (W and biases), norm.*
             p.requires_grad_(False)

@@ -20,20 +20,30 @@ from adbench.data.errors import ConfigError
 from adbench.registry import register_method
 from adbench.utils import load_method_state, save_method_state, progress, torch_load
 
-from .lora import apply_lora, set_trainable
-from .masks import interleaved_masks, visible_indices
+from .augment import colour_jitter, enlarge, random_crops
+from .lora import TRAINABLE_SETS, apply_lora, set_trainable
+from .masks import MASK_LAYOUTS, interleaved_masks, visible_indices
 from .model import MaskedAutoencoderViT, count_parameters, random_keep, resolve_arch
 from .pretrained import is_none, load_pretrained
 
 log = logging.getLogger("adbench.lora_mae")
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 MODEL_FILE = "lora_mae.pt"
 TRAIN_STATE_FILE = "lora_mae_train_state.pt"
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
-    """Separable Gaussian smoothing of [B, H, W] maps with a (2*radius+1)-tap kernel, reflected borders."""
+def smoothing_radius(sigma: float, radius: int | None) -> int:
+    """Kernel half-width in pixels: ``radius`` when given, else ceil(3 sigma) (the Gaussian's 99.7 % mass)."""
+    return int(math.ceil(3.0 * sigma)) if radius is None else int(radius)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian smoothing of [B, H, W] maps with a (2*radius+1)-tap kernel, reflected borders.
+
+    ``radius`` None: ceil(3 sigma). The radius is capped at the map size minus one (reflection needs it).
+    """
+    radius = min(smoothing_radius(sigma, radius), maps.shape[-1] - 1, maps.shape[-2] - 1)
     if sigma <= 0 or radius <= 0:
         return maps
     taps = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
@@ -43,6 +53,21 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int) -> torch.Tensor
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))  # rows
     x = F.conv2d(x, kernel.view(1, 1, -1, 1))  # columns
     return x[:, 0]
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, held-out indices) of n training images: round(fraction * n) held out, drawn with ``seed``."""
+    n_hold = int(round(fraction * n))
+    if fraction > 0 and (n_hold < 2 or n - n_hold < 1):
+        raise ConfigError(f"method.train.holdout={fraction} holds out {n_hold} of {n} training images; it needs at "
+                          f"least 2 held out and 1 left to train on (raise or lower it, or set 0)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_000 + seed))
+    return perm[n_hold:].sort().values, perm[:n_hold].sort().values
+
+
+def standardise(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per-pixel z-scores (maps - mean) / max(std, floor * mean(std)) of error maps [B, H, W] against [H, W] statistics."""
+    return (maps - mean) / std.clamp_min(floor * float(std.mean()) + 1e-12)
 
 
 def image_scores(maps: torch.Tensor, how: str, topk: int) -> torch.Tensor:
@@ -83,27 +108,35 @@ class LoRAMAE:
             self.patch_embed_reinit = report.patch_embed_reinit
         # LoRA only makes sense on pretrained weights; pretrained=none trains every weight
         self.use_lora = self.pretrained and int(cfg.lora.rank) > 0
+        trainable_set = str(cfg.get("trainable_set", "adapters_decoder"))
         if self.use_lora:
-            apply_lora(model.blocks, int(cfg.lora.rank), float(cfg.lora.alpha), float(cfg.lora.dropout),
-                       bool(cfg.lora.mlp))
+            lora_args = (int(cfg.lora.rank), float(cfg.lora.alpha), float(cfg.lora.dropout), bool(cfg.lora.mlp))
+            apply_lora(model.blocks, *lora_args)
+            if trainable_set == "reference":  # the reference code's decoder blocks are LoRA blocks too
+                apply_lora(model.decoder_blocks, *lora_args)
         freeze = self.pretrained and bool(cfg.freeze_non_lora)
         train_pe = cfg.train_patch_embed
         train_pe = self.patch_embed_reinit if str(train_pe) == "auto" else bool(train_pe)
-        set_trainable(model, freeze_non_lora=freeze, train_patch_embed=train_pe)
+        set_trainable(model, freeze_non_lora=freeze, train_patch_embed=train_pe, trainable_set=trainable_set)
         self.model = model.to(self.device)
         self.trainable, self.total = count_parameters(model)
         log.info("lora_mae %s on %dx%d input (%dx%d patches): %s trainable / %s parameters (%.2f%%)%s", cfg.arch,
                  *ctx.image_size, *model.grid, f"{self.trainable:,}", f"{self.total:,}",
                  100.0 * self.trainable / max(1, self.total),
                  f", LoRA rank {int(cfg.lora.rank)}" if self.use_lora else ", no LoRA (full training)")
-        self.hidden = interleaved_masks(model.grid, int(cfg.inference.num_masks))  # [K, L], checked here
+        self.hidden = interleaved_masks(model.grid, int(cfg.inference.num_masks),
+                                        str(cfg.inference.get("mask_layout", "tiles")))  # [K, L], checked here
         self.history: list[float] = []
+        self.train_log: list[dict] = []  # per epoch: stage, step, epoch, loss, lr (+ val_ratio when evaluated)
+        self.err_mean: torch.Tensor | None = None  # [H, W] error statistics of held-out normal training images
+        self.err_std: torch.Tensor | None = None
         self.fitted = False
         self.timings: dict[str, float] = {}
 
     def _check_config(self) -> None:
         c = self.cfg
         t = c.train
+        aug = t.get("augment") or {}
         checks = [
             (0.0 < float(t.mask_ratio) < 1.0, f"method.train.mask_ratio={t.mask_ratio} must be in (0, 1)"),
             (int(t.epochs) >= 1, f"method.train.epochs={t.epochs} must be >= 1"),
@@ -117,6 +150,18 @@ class LoRAMAE:
             (str(c.train_patch_embed) in ("auto", "True", "False", "true", "false"),
              f"method.train_patch_embed={c.train_patch_embed!r} must be auto, true or false"),
             (int(c.lora.rank) >= 0, f"method.lora.rank={c.lora.rank} must be >= 0 (0: no LoRA)"),
+            (str(c.get("trainable_set", "adapters_decoder")) in TRAINABLE_SETS,
+             f"method.trainable_set={c.get('trainable_set')!r} must be one of {', '.join(TRAINABLE_SETS)}"),
+            (str(c.inference.get("mask_layout", "tiles")) in MASK_LAYOUTS,
+             f"method.inference.mask_layout={c.inference.get('mask_layout')!r} must be one of {', '.join(MASK_LAYOUTS)}"),
+            (0.0 <= float(t.get("holdout", 0.0)) < 1.0, f"method.train.holdout={t.get('holdout')} must be in [0, 1)"),
+            (not bool(c.inference.get("standardize", False)) or float(t.get("holdout", 0.0)) > 0,
+             "method.inference.standardize=true needs held-out normal images for its statistics: set "
+             "method.train.holdout (e.g. 0.2)"),
+            (float(aug.get("resize_factor", 1.0)) >= 1.0,
+             f"method.train.augment.resize_factor={aug.get('resize_factor')} must be >= 1 (1: no crop jiggle)"),
+            (float(aug.get("brightness", 0.0)) >= 0 and float(aug.get("saturation", 0.0)) >= 0,
+             "method.train.augment.brightness / saturation must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -161,7 +206,7 @@ class LoRAMAE:
         torch.save({"method": "lora_mae", "version": CHECKPOINT_VERSION, "config": self._config_json(),
                     "seed": self.ctx.seed, "image_size": list(self.ctx.image_size), "epoch": epoch, "step": step,
                     "model": self.model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                    "history": list(self.history)}, tmp)
+                    "history": list(self.history), "train_log": list(self.train_log)}, tmp)
         os.replace(tmp, path)
 
     def _try_resume(self, path: Path | None, opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, int]:
@@ -179,20 +224,45 @@ class LoRAMAE:
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         self.history = list(state["history"])
+        self.train_log = list(state.get("train_log", []))
         log.info("resuming lora_mae training from %s at epoch %d", path, state["epoch"])
         return int(state["epoch"]), int(state["step"])
 
     def fit(self, train_loader: DataLoader) -> None:
-        """Decode the normal images once, then train the MAE objective (random masks, no augmentation)."""
+        """Decode the normal images once, then train the MAE objective (random masks, optional light augmentation)."""
         t0 = time.perf_counter()
         images = self._decode(train_loader)  # [N, 3, H, W]
         t1 = time.perf_counter()
         self.train_on(images)
         self.timings.update(decode_s=t1 - t0, train_s=time.perf_counter() - t1)
 
+    def _batch(self, pool: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Training batch [B, 3, H, W]: the images ``idx`` of ``pool`` (enlarged when jiggling), cropped and jittered."""
+        aug = self.cfg.train.get("augment") or {}
+        x = random_crops(pool[idx], tuple(self.ctx.image_size), gen)  # identity when the pool is not enlarged
+        x = colour_jitter(x, float(aug.get("brightness", 0.0)), float(aug.get("saturation", 0.0)), gen)
+        return x.to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def error_ratio(self, images: torch.Tensor, reference: torch.Tensor) -> float:
+        """Mean squared error of the K-pass reconstruction of ``images`` [N, 3, H, W] divided by that of the
+        ``reference`` image [3, H, W] (the mean training image): below 1 the model uses more than the mean image."""
+        model_err = torch.cat([self.anomaly_maps(images[i:i + 32]).cpu() for i in range(0, len(images), 32)])
+        return float(model_err.mean()) / max(float((images - reference).pow(2).mean()), 1e-12)
+
     def train_on(self, images: torch.Tensor, stop_epoch: int | None = None) -> None:
-        """The training loop over in-memory images [N, 3, H, W]; ``stop_epoch`` ends early (resume tests)."""
+        """The training loop over in-memory images [N, 3, H, W]; ``stop_epoch`` ends early (resume tests).
+
+        ``train.holdout`` of the images are kept out of training: the held-out "model error / mean-image error"
+        ratio is logged during training (``val_ratio`` in :attr:`train_log`) and, after training, their per-pixel
+        error mean and standard deviation are kept for ``inference.standardize``.
+        """
         t = self.cfg.train
+        fit_idx, hold_idx = holdout_split(images.shape[0], float(t.get("holdout", 0.0)), self.ctx.seed)
+        held, images = images[hold_idx], images[fit_idx]
+        mean_image = images.mean(0)  # [3, H, W], the reference of val_ratio
+        aug = t.get("augment") or {}
+        pool = enlarge(images, float(aug.get("resize_factor", 1.0)))  # [N, 3, H', W'], crops drawn per batch
         n = images.shape[0]
         bs, accum, epochs = min(int(t.batch_size), n), int(t.accum_steps), int(t.epochs)
         micro_per_epoch = math.ceil(n / bs)
@@ -201,14 +271,16 @@ class LoRAMAE:
         base_lr = float(t.blr) * bs * accum / 256  # the linear scaling rule on the effective batch
         min_lr = float(t.get("min_lr", 0.0))
         every = int(t.get("checkpoint_every", 0))
+        val_every = int(t.get("val_every", 0)) or max(1, epochs // 20)
         opt = self._optimizer()
         gen = torch.Generator().manual_seed(self.ctx.seed)
         path = self._state_path()
         start_epoch, step = self._try_resume(path, opt, gen)
-        log.info("lora_mae training: %d images, %d epochs, batch %d x %d accumulation, lr %.2e", n, epochs, bs,
-                 accum, base_lr)
+        log.info("lora_mae training: %d images (%d held out), %d epochs, batch %d x %d accumulation, lr %.2e", n,
+                 len(held), epochs, bs, accum, base_lr)
         self.model.train()
         L = self.model.num_patches
+        lr = lr_at(step, total_steps, warmup_steps, base_lr, min_lr)
         bar = progress(range(start_epoch, epochs), "lora_mae: train", self.ctx.progress, unit="epoch")
         for epoch in bar:
             perm = torch.randperm(n, generator=gen)  # [N]
@@ -216,7 +288,7 @@ class LoRAMAE:
             for m, start in enumerate(range(0, n, bs)):
                 group_start = (m // accum) * accum
                 group_size = min(accum, micro_per_epoch - group_start)  # the last group may be shorter
-                x = images[perm[start : start + bs]].to(self.device, non_blocking=True)  # [B, 3, H, W]
+                x = self._batch(pool, perm[start : start + bs], gen)  # [B, 3, H, W]
                 keep = random_keep(x.shape[0], L, float(t.mask_ratio), gen, self.device)  # [B, L_keep]
                 with self._autocast():
                     pred = self.model(x, keep)  # [B, L, p*p*3]
@@ -231,16 +303,25 @@ class LoRAMAE:
                     opt.zero_grad(set_to_none=True)
                     step += 1
             self.history.append(epoch_loss / n)
+            done = epoch + 1
+            entry = {"stage": "train", "step": step, "epoch": done, "loss": self.history[-1], "lr": lr}
+            if len(held) and (done % val_every == 0 or done == epochs or epoch == 0):
+                entry["val_ratio"] = self.error_ratio(held, mean_image)
+                self.model.train()
+            self.train_log.append(entry)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{self.history[-1]:.4f}", lr=f"{lr:.2e}")
-            if epoch == 0 or (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:
-                log.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, self.history[-1])
-            done = epoch + 1
+            if epoch == 0 or done % max(1, epochs // 10) == 0 or done == epochs:
+                log.info("epoch %d/%d: loss %.4f%s", done, epochs, self.history[-1],
+                         f", held-out error / mean-image error {entry['val_ratio']:.3f}" if "val_ratio" in entry else "")
             if path is not None and every > 0 and (done % every == 0 or done == epochs):
                 self._save_train_state(path, opt, gen, done, step)
             if stop_epoch is not None and done >= stop_epoch:
                 return
         self.model.eval()
+        if len(held):
+            maps = torch.cat([self.anomaly_maps(held[i:i + 32]).cpu() for i in range(0, len(held), 32)])  # [Nh, H, W]
+            self.err_mean, self.err_std = maps.mean(0), maps.std(0)
         self.fitted = True
         if path is not None and path.is_file() and not bool(t.get("keep_checkpoint", False)):
             path.unlink()  # training finished: the fitted model is saved by save()
@@ -263,13 +344,20 @@ class LoRAMAE:
         return err
 
     def predict(self, test_loader: DataLoader) -> Prediction:
-        """Image scores [N] and smoothed reconstruction-error maps [N, H, W]."""
+        """Image scores [N] and smoothed reconstruction-error maps [N, H, W] (per-pixel z-scores against the
+        held-out normal images with ``inference.standardize``)."""
         inf = self.cfg.inference
+        if bool(inf.get("standardize", False)) and self.err_mean is None:
+            raise RuntimeError("lora_mae: inference.standardize needs the held-out error statistics of fit()")
         scores, maps = [], []
         t0 = time.perf_counter()
         for batch in progress(test_loader, "lora_mae: predict", self.ctx.progress, unit="batch"):
             raw = self.anomaly_maps(batch["image"])  # [B, H, W]
-            smooth = gaussian_blur(raw, float(inf.smoothing_sigma), int(inf.smoothing_radius))
+            if bool(inf.get("standardize", False)):
+                raw = standardise(raw, self.err_mean.to(raw.device), self.err_std.to(raw.device),
+                                  float(inf.get("std_floor", 0.1)))
+            radius = inf.get("smoothing_radius")
+            smooth = gaussian_blur(raw, float(inf.smoothing_sigma), None if radius is None else int(radius))
             scores.append(image_scores(smooth, str(inf.image_score), int(inf.topk)).cpu())
             maps.append(smooth.cpu())
         self.timings["predict_s"] = time.perf_counter() - t0
@@ -277,10 +365,12 @@ class LoRAMAE:
 
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write ``lora_mae.pt``: config, input size, LoRA / freezing flags and the full state dict."""
+        """Write ``lora_mae.pt``: config, input size, LoRA / freezing flags, training log, held-out error statistics
+        and the full state dict."""
         save_method_state(Path(directory) / MODEL_FILE, "lora_mae", CHECKPOINT_VERSION, self.cfg,
                           image_size=list(self.ctx.image_size), use_lora=self.use_lora,
                           patch_embed_reinit=self.patch_embed_reinit, history=list(self.history),
+                          train_log=list(self.train_log), err_mean=self.err_mean, err_std=self.err_std,
                           model=self.model.state_dict())
 
     @classmethod
@@ -292,6 +382,8 @@ class LoRAMAE:
         self.model.load_state_dict(state["model"])
         self.model.eval()
         self.history = list(state.get("history", []))
+        self.train_log = list(state.get("train_log", []))
+        self.err_mean, self.err_std = state.get("err_mean"), state.get("err_std")
         self.patch_embed_reinit = bool(state.get("patch_embed_reinit", False))
         self.fitted = True
         return self
