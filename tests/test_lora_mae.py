@@ -16,7 +16,8 @@ from methods.lora_mae import lora as lora_mod
 from methods.lora_mae.masks import interleaved_masks, tile_shape, visible_indices
 from methods.lora_mae.method import LoRAMAE, gaussian_blur, image_scores, lr_at
 from methods.lora_mae.model import (
-    MaskedAutoencoderViT, count_parameters, interpolate_pos_embed, random_keep, resolve_arch, sincos_pos_embed)
+    MaskedAutoencoderViT, count_parameters, hidden_from_keep, interpolate_pos_embed, random_keep, resolve_arch,
+    sincos_pos_embed)
 from methods.lora_mae.pretrained import load_into
 
 from .conftest import compose_cfg, small_synthetic_overrides
@@ -288,3 +289,115 @@ def test_checkpoint_of_other_method_rejected(tmp_path):
     torch.save({"method": "patchcore", "version": 1}, tmp_path / "lora_mae.pt")
     with pytest.raises(ConfigError, match="not 'lora_mae'"):
         LoRAMAE.load(tmp_path, RunContext())
+
+
+# --- issue 12: the K-pass combination, un-normalisation, options -------------------------------------------
+
+class _OracleOnVisible(MaskedAutoencoderViT):
+    """Predicts the exact target on visible patches and 0 on hidden ones."""
+
+    def forward(self, imgs, ids_keep):
+        target, _, _ = self.targets(imgs)  # [B, L, p*p*C]
+        visible = 1.0 - hidden_from_keep(ids_keep, self.num_patches)  # [B, L]
+        return target * visible[..., None]
+
+
+@pytest.mark.parametrize("layout", ["tiles", "stripes"])
+def test_k_pass_map_is_target_squared_everywhere(layout):
+    cfg = _method_cfg(**{"inference.mask_layout": layout, "norm_pix_loss": False})
+    m = LoRAMAE(cfg, RunContext(image_size=(64, 64), progress=False))
+    m.model = _OracleOnVisible(m.model.arch, (64, 64), norm_pix_loss=False)
+    x = torch.randn(3, 3, 64, 64)
+    # each pixel must come from the one pass that hid it: there the prediction is 0, so the error is x^2
+    assert torch.allclose(m.anomaly_maps(x), x.pow(2).mean(1), atol=1e-6)
+
+
+def test_pixel_error_unnormalises_exactly():
+    model = MaskedAutoencoderViT(resolve_arch("mae_vit_cpu_patch8", dict(TINY, patch_size=4)), (8, 8),
+                                 norm_pix_loss=True)
+    x = torch.rand(1, 3, 8, 8) * 2
+    patches = model.patchify(x)  # [1, 4, 48]
+    mean = patches.mean(-1, keepdim=True)
+    std = (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+    delta = torch.randn_like(patches)
+    pred = (patches - mean) / std + delta  # normalised target plus a known offset
+    expected = model.unpatchify((delta * std) ** 2).mean(1)  # error in input space, channel mean
+    assert torch.allclose(model.pixel_error(x, pred), expected, atol=1e-5)
+    # a prediction equal to the normalised target reconstructs the input exactly
+    assert model.pixel_error(x, (patches - mean) / std).abs().max() < 1e-10
+
+
+def test_error_ratio_of_a_mean_image_predictor_is_one():
+    m = LoRAMAE(_method_cfg(norm_pix_loss=False), RunContext(image_size=(64, 64), progress=False))
+    reference = torch.randn(3, 64, 64)
+
+    class _MeanImage(MaskedAutoencoderViT):
+        def forward(self, imgs, ids_keep):
+            return self.patchify(reference.expand(imgs.shape[0], -1, -1, -1))
+
+    m.model = _MeanImage(m.model.arch, (64, 64), norm_pix_loss=False)
+    assert m.error_ratio(torch.randn(5, 3, 64, 64), reference) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_stripes_layout_hides_every_kth_column():
+    hidden = interleaved_masks((4, 8), 4, "stripes").reshape(4, 4, 8)
+    for k in range(4):
+        cols = torch.nonzero(hidden[k].all(0)).reshape(-1).tolist()
+        assert cols == [k, k + 4] and hidden[k].sum() == 8
+    with pytest.raises(ConfigError, match="mask_layout=stripes"):
+        interleaved_masks((8, 6), 4, "stripes")
+
+
+def test_reference_trainable_set():
+    model = _tiny_model()
+    lora_mod.apply_lora(model.blocks, rank=4)
+    lora_mod.apply_lora(model.decoder_blocks, rank=4)
+    assert model.blocks[0].attn.qkv.scaling == 0.25  # loralib: alpha / rank with the default alpha 1
+    lora_mod.set_trainable(model, freeze_non_lora=True, train_patch_embed=False, trainable_set="reference")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"cls_token", "norm.weight", "decoder_embed.weight", "decoder_pred.weight", "mask_token"} <= trainable
+    assert "decoder_blocks.0.attn.qkv.lora_A" in trainable and "decoder_blocks.0.attn.qkv.weight" not in trainable
+    assert "decoder_blocks.0.mlp.fc1.weight" not in trainable and "blocks.0.norm1.weight" not in trainable
+    lora_mod.set_trainable(model, freeze_non_lora=True, train_patch_embed=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "cls_token" not in trainable and "norm.weight" not in trainable
+    assert "decoder_blocks.0.mlp.fc1.weight" in trainable
+
+
+def test_smoothing_radius_defaults_to_three_sigma():
+    maps = torch.zeros(1, 41, 41)
+    maps[0, 20, 20] = 1.0
+    out = gaussian_blur(maps, sigma=4)  # radius 12
+    assert out[0, 20, 8] > 0 and out[0, 20, 7] == 0
+    assert torch.isclose(out.sum(), torch.tensor(1.0))
+
+
+def test_augmentation_jiggles_and_jitters_within_bounds():
+    from adbench.data.transforms import denormalize, normalize
+    from methods.lora_mae.augment import colour_jitter, enlarge, random_crops
+
+    x = normalize(torch.rand(4, 3, 64, 64) * 0.5 + 0.25)
+    big = enlarge(x, 1.035)
+    assert big.shape[-2:] == (66, 66) and enlarge(x, 1.0) is x
+    gen = torch.Generator().manual_seed(0)
+    crops = random_crops(big, (64, 64), gen)
+    assert crops.shape == x.shape
+    assert any(torch.equal(crops[0], big[0, :, t:t + 64, l:l + 64]) for t in range(3) for l in range(3))
+    jittered = denormalize(colour_jitter(x, 0.02, 0.0, gen))
+    ratio = jittered / denormalize(x)  # brightness only: one factor per image within [0.98, 1.02]
+    assert torch.allclose(ratio, ratio[:, :1, :1, :1].expand_as(ratio), atol=1e-4)
+    assert ((ratio - 1).abs() <= 0.02 + 1e-4).all() and not torch.allclose(ratio, torch.ones_like(ratio))
+
+
+def test_holdout_logs_val_ratio_and_standardises():
+    cfg = _method_cfg(**{"train.epochs": 2, "train.holdout": 0.25, "train.val_every": 1,
+                         "inference.standardize": True})
+    m = LoRAMAE(cfg, RunContext(image_size=(64, 64), progress=False))
+    m.train_on(torch.randn(8, 3, 64, 64))
+    assert [e["epoch"] for e in m.train_log] == [1, 2]
+    assert all(e["stage"] == "train" and e["val_ratio"] > 0 and e["lr"] > 0 for e in m.train_log)
+    assert m.err_mean.shape == (64, 64) and (m.err_std >= 0).all()
+    with pytest.raises(ConfigError, match="needs held-out normal images"):
+        LoRAMAE(_method_cfg(**{"inference.standardize": True}), RunContext(image_size=(64, 64)))
+    with pytest.raises(ConfigError, match="holds out 0 of 3"):
+        LoRAMAE(_method_cfg(**{"train.holdout": 0.1}), RunContext(image_size=(64, 64))).train_on(torch.randn(3, 3, 64, 64))
