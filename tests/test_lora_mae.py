@@ -14,7 +14,7 @@ from adbench.registry import get_method
 from adbench.run import build_datamodule, run
 from methods.lora_mae import lora as lora_mod
 from methods.lora_mae.masks import interleaved_masks, tile_shape, visible_indices
-from methods.lora_mae.method import LoRAMAE, gaussian_blur, image_scores, lr_at
+from methods.lora_mae.method import LoRAMAE, gaussian_blur, holdout_split, image_scores, lr_at
 from methods.lora_mae.model import (
     MaskedAutoencoderViT, count_parameters, hidden_from_keep, interpolate_pos_embed, random_keep, resolve_arch,
     sincos_pos_embed)
@@ -389,15 +389,24 @@ def test_augmentation_jiggles_and_jitters_within_bounds():
     assert ((ratio - 1).abs() <= 0.02 + 1e-4).all() and not torch.allclose(ratio, torch.ones_like(ratio))
 
 
-def test_holdout_logs_val_ratio_and_standardises():
+@pytest.mark.parametrize("how", ["error", "residual"])
+def test_holdout_logs_val_ratio_and_standardises(how):
     cfg = _method_cfg(**{"train.epochs": 2, "train.holdout": 0.25, "train.val_every": 1,
-                         "inference.standardize": True})
+                         "inference.standardize": how, "inference.std_floor": 0.0})
     m = LoRAMAE(cfg, RunContext(image_size=(64, 64), progress=False))
-    m.train_on(torch.randn(8, 3, 64, 64))
+    images = torch.randn(8, 3, 64, 64)
+    m.train_on(images)
     assert [e["epoch"] for e in m.train_log] == [1, 2]
     assert all(e["stage"] == "train" and e["val_ratio"] > 0 and e["lr"] > 0 for e in m.train_log)
-    assert m.err_mean.shape == (64, 64) and (m.err_std >= 0).all()
+    _, hold = holdout_split(8, 0.25, 0)
+    assert m.stats["err_mean"].shape == (64, 64) and m.stats["res_std"].shape == (3, 64, 64)
+    # the held-out images themselves: z-scores with mean 0 and (sample) std 1 per pixel
+    maps = m.scored_maps(images[hold])
+    if how == "error":
+        assert torch.allclose(maps.mean(0), torch.zeros(64, 64), atol=1e-4)
+    else:  # RMS of 3 per-channel z-scores whose squares average (n-1)/n over the held-out images
+        assert torch.allclose(maps.pow(2).mean(), torch.tensor(0.5), atol=1e-3)
     with pytest.raises(ConfigError, match="needs held-out normal images"):
-        LoRAMAE(_method_cfg(**{"inference.standardize": True}), RunContext(image_size=(64, 64)))
+        LoRAMAE(_method_cfg(**{"inference.standardize": how}), RunContext(image_size=(64, 64)))
     with pytest.raises(ConfigError, match="holds out 0 of 3"):
         LoRAMAE(_method_cfg(**{"train.holdout": 0.1}), RunContext(image_size=(64, 64))).train_on(torch.randn(3, 3, 64, 64))

@@ -30,6 +30,7 @@ log = logging.getLogger("adbench.lora_mae")
 
 CHECKPOINT_VERSION = 2
 MODEL_FILE = "lora_mae.pt"
+STANDARDIZE = ("none", "error", "residual")
 TRAIN_STATE_FILE = "lora_mae_train_state.pt"
 
 
@@ -128,8 +129,7 @@ class LoRAMAE:
                                         str(cfg.inference.get("mask_layout", "tiles")))  # [K, L], checked here
         self.history: list[float] = []
         self.train_log: list[dict] = []  # per epoch: stage, step, epoch, loss, lr (+ val_ratio when evaluated)
-        self.err_mean: torch.Tensor | None = None  # [H, W] error statistics of held-out normal training images
-        self.err_std: torch.Tensor | None = None
+        self.stats: dict[str, torch.Tensor] | None = None  # per-pixel statistics of held-out normal training images
         self.fitted = False
         self.timings: dict[str, float] = {}
 
@@ -155,9 +155,11 @@ class LoRAMAE:
             (str(c.inference.get("mask_layout", "tiles")) in MASK_LAYOUTS,
              f"method.inference.mask_layout={c.inference.get('mask_layout')!r} must be one of {', '.join(MASK_LAYOUTS)}"),
             (0.0 <= float(t.get("holdout", 0.0)) < 1.0, f"method.train.holdout={t.get('holdout')} must be in [0, 1)"),
-            (not bool(c.inference.get("standardize", False)) or float(t.get("holdout", 0.0)) > 0,
-             "method.inference.standardize=true needs held-out normal images for its statistics: set "
-             "method.train.holdout (e.g. 0.2)"),
+            (str(c.inference.get("standardize", "none")) in STANDARDIZE,
+             f"method.inference.standardize={c.inference.get('standardize')!r} must be one of {', '.join(STANDARDIZE)}"),
+            (str(c.inference.get("standardize", "none")) == "none" or float(t.get("holdout", 0.0)) > 0,
+             f"method.inference.standardize={c.inference.get('standardize')} needs held-out normal images for its "
+             f"statistics: set method.train.holdout (e.g. 0.2)"),
             (float(aug.get("resize_factor", 1.0)) >= 1.0,
              f"method.train.augment.resize_factor={aug.get('resize_factor')} must be >= 1 (1: no crop jiggle)"),
             (float(aug.get("brightness", 0.0)) >= 0 and float(aug.get("saturation", 0.0)) >= 0,
@@ -320,42 +322,64 @@ class LoRAMAE:
                 return
         self.model.eval()
         if len(held):
-            maps = torch.cat([self.anomaly_maps(held[i:i + 32]).cpu() for i in range(0, len(held), 32)])  # [Nh, H, W]
-            self.err_mean, self.err_std = maps.mean(0), maps.std(0)
+            self.fit_statistics(held)
         self.fitted = True
         if path is not None and path.is_file() and not bool(t.get("keep_checkpoint", False)):
             path.unlink()  # training finished: the fitted model is saved by save()
 
     # --- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def anomaly_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] -> unsmoothed squared-error maps [B, H, W], each pixel from the pass hiding it."""
+    def residuals(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> reconstruction minus input [B, 3, H, W], each pixel from the pass hiding it."""
         model = self.model.eval()
         x = x.to(self.device)
         b = x.shape[0]
         p2 = model.patch_size ** 2
-        err = torch.zeros(b, *x.shape[-2:], device=self.device)
+        out = torch.zeros_like(x, dtype=torch.float32)
         for hidden in self.hidden.to(self.device):  # [L] per mask
             keep = visible_indices(hidden).expand(b, -1)  # [B, L_keep]
             with self._autocast():
                 pred = model(x, keep)  # [B, L, p*p*3]
-            pixels_hidden = model.unpatchify(hidden.float()[None, :, None].expand(1, -1, p2), channels=1)[0, 0]  # [H, W]
-            err += model.pixel_error(x, pred) * pixels_hidden
-        return err
+            pixels_hidden = model.unpatchify(hidden.float()[None, :, None].expand(1, -1, p2), channels=1)[0]  # [1, H, W]
+            out += model.residual(x, pred) * pixels_hidden
+        return out
+
+    @torch.no_grad()
+    def anomaly_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> unsmoothed squared-error maps [B, H, W] (channel mean), each pixel from the pass
+        hiding it."""
+        return self.residuals(x).pow(2).mean(dim=1)
+
+    @torch.no_grad()
+    def fit_statistics(self, held: torch.Tensor) -> None:
+        """Per-pixel statistics of held-out normal images [N, 3, H, W]: residual mean / std [3, H, W] and squared
+        error mean / std [H, W] (for ``inference.standardize``)."""
+        res = torch.cat([self.residuals(held[i:i + 32]).cpu() for i in range(0, len(held), 32)])  # [N, 3, H, W]
+        err = res.pow(2).mean(1)  # [N, H, W]
+        self.stats = {"res_mean": res.mean(0), "res_std": res.std(0), "err_mean": err.mean(0), "err_std": err.std(0)}
+
+    def scored_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Unsmoothed maps [B, H, W] per ``inference.standardize``: squared error (none), its per-pixel z-score
+        (error), or the RMS over channels of the per-pixel, per-channel z-scores of the residual (residual)."""
+        how = str(self.cfg.inference.get("standardize", "none"))
+        if how == "none":
+            return self.anomaly_maps(x)
+        if self.stats is None:
+            raise RuntimeError(f"lora_mae: inference.standardize={how} needs the held-out statistics of fit()")
+        floor = float(self.cfg.inference.get("std_floor", 0.1))
+        st = {k: v.to(self.device) for k, v in self.stats.items()}
+        if how == "error":
+            return standardise(self.anomaly_maps(x), st["err_mean"], st["err_std"], floor)
+        z = standardise(self.residuals(x), st["res_mean"], st["res_std"], floor)  # [B, 3, H, W]
+        return z.pow(2).mean(dim=1).sqrt()
 
     def predict(self, test_loader: DataLoader) -> Prediction:
-        """Image scores [N] and smoothed reconstruction-error maps [N, H, W] (per-pixel z-scores against the
-        held-out normal images with ``inference.standardize``)."""
+        """Image scores [N] and smoothed maps [N, H, W] (see :meth:`scored_maps`)."""
         inf = self.cfg.inference
-        if bool(inf.get("standardize", False)) and self.err_mean is None:
-            raise RuntimeError("lora_mae: inference.standardize needs the held-out error statistics of fit()")
         scores, maps = [], []
         t0 = time.perf_counter()
         for batch in progress(test_loader, "lora_mae: predict", self.ctx.progress, unit="batch"):
-            raw = self.anomaly_maps(batch["image"])  # [B, H, W]
-            if bool(inf.get("standardize", False)):
-                raw = standardise(raw, self.err_mean.to(raw.device), self.err_std.to(raw.device),
-                                  float(inf.get("std_floor", 0.1)))
+            raw = self.scored_maps(batch["image"])  # [B, H, W]
             radius = inf.get("smoothing_radius")
             smooth = gaussian_blur(raw, float(inf.smoothing_sigma), None if radius is None else int(radius))
             scores.append(image_scores(smooth, str(inf.image_score), int(inf.topk)).cpu())
@@ -370,7 +394,7 @@ class LoRAMAE:
         save_method_state(Path(directory) / MODEL_FILE, "lora_mae", CHECKPOINT_VERSION, self.cfg,
                           image_size=list(self.ctx.image_size), use_lora=self.use_lora,
                           patch_embed_reinit=self.patch_embed_reinit, history=list(self.history),
-                          train_log=list(self.train_log), err_mean=self.err_mean, err_std=self.err_std,
+                          train_log=list(self.train_log), stats=self.stats,
                           model=self.model.state_dict())
 
     @classmethod
@@ -383,7 +407,7 @@ class LoRAMAE:
         self.model.eval()
         self.history = list(state.get("history", []))
         self.train_log = list(state.get("train_log", []))
-        self.err_mean, self.err_std = state.get("err_mean"), state.get("err_std")
+        self.stats = state.get("stats")
         self.patch_embed_reinit = bool(state.get("patch_embed_reinit", False))
         self.fitted = True
         return self

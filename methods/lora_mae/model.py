@@ -224,16 +224,20 @@ class MaskedAutoencoderViT(nn.Module):
         return (per_patch * hidden).sum() / hidden.sum().clamp(min=1.0)
 
     @torch.no_grad()
-    def pixel_error(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """Squared error per pixel [B, H, W] (channel mean) of the predicted patches in the input's space.
+    def residual(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Reconstruction minus input [B, C, H, W] of the predicted patches, in the input's space.
 
         With ``norm_pix_loss`` the prediction is mapped back with each target patch's own mean and std,
         as in MAE's visualisation.
         """
         target, mean, std = self.targets(imgs)
         recon = pred.float() * std + mean  # [B, L, p*p*C]
-        err = (recon - (target * std + mean)).pow(2)  # [B, L, p*p*C]
-        return self.unpatchify(err).mean(dim=1)  # [B, H, W]
+        return self.unpatchify(recon - (target * std + mean))  # [B, C, H, W]
+
+    @torch.no_grad()
+    def pixel_error(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Squared error per pixel [B, H, W] (channel mean) of the predicted patches in the input's space."""
+        return self.residual(imgs, pred).pow(2).mean(dim=1)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
