@@ -136,9 +136,6 @@ _SLOW_SAVE = textwrap.dedent("""
 
 
 def test_kill_while_saving_a_checkpoint_keeps_the_old_one(results_copy, tmp_path):
-    from adbench.checkpoint import verify_checkpoint
-    from adbench.utils import write_dir_atomic
-
     root, results, rec_path, ckpt = results_copy
     before = {f: _sha(ckpt / f) for f in _files(ckpt)}
     script = tmp_path / "slow_save.py"
@@ -159,10 +156,14 @@ def test_kill_while_saving_a_checkpoint_keeps_the_old_one(results_copy, tmp_path
         child.kill()
         child.wait()
     assert {f: _sha(ckpt / f) for f in _files(ckpt)} == before  # the old checkpoint, byte for byte
-    assert verify_checkpoint(ckpt) is None
     load_checkpoint(ckpt)  # loads
     out = _run(_overrides(root, results, "save_model=true", "resume=true", "calibration.holdout=0.25"))
     assert out.get("skipped")  # resume trusts it: it verified
+
+    from adbench.checkpoint import verify_checkpoint
+    from adbench.utils import write_dir_atomic
+
+    assert verify_checkpoint(ckpt) is None
     # the next write of this checkpoint clears what the killed writer left beside it
     write_dir_atomic(ckpt, lambda tmp: (tmp / "x").write_text("x"))
     assert [p.name for p in ckpt.parent.iterdir()] == [ckpt.name]
@@ -170,8 +171,6 @@ def test_kill_while_saving_a_checkpoint_keeps_the_old_one(results_copy, tmp_path
 
 @pytest.mark.parametrize("damage", ["truncate", "delete", "manifest"])
 def test_resume_runs_again_when_the_checkpoint_does_not_verify(results_copy, damage, capsys):
-    from adbench.checkpoint import verify_checkpoint
-
     root, results, rec_path, ckpt = results_copy
     pt = ckpt / "mean_image.pt"
     if damage == "truncate":
@@ -183,6 +182,8 @@ def test_resume_runs_again_when_the_checkpoint_does_not_verify(results_copy, dam
     out = _run(_overrides(root, results, "save_model=true", "resume=true", "calibration.holdout=0.25"))
     assert not out.get("skipped")
     assert "resume: not trusting the checkpoint" in capsys.readouterr().out
+    from adbench.checkpoint import verify_checkpoint
+
     assert verify_checkpoint(ckpt) is None and load_checkpoint(ckpt)[1]["method"] == "mean_image"
 
 
@@ -357,7 +358,7 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(results_copy, tmp_path, 
     root, results, rec_path, ckpt = results_copy
     if legacy:  # a checkpoint whose manifest lists no files: each reader must still say what is wrong
         m = json.loads((ckpt / MANIFEST).read_text())
-        del m["files"]
+        m.pop("files", None)
         (ckpt / MANIFEST).write_text(json.dumps(m))
     name = _damage(ckpt, what)
     code = predict_main([f"checkpoint={ckpt}", f"input={root / 'washer' / 'test' / 'good'}",
