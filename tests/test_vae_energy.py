@@ -108,6 +108,54 @@ def test_one_projection_step_lowers_energy(trained_vae):
     assert all(p.requires_grad for p in trained_vae.parameters())
 
 
+class _LinearStub(torch.nn.Module):
+    """f(x) = a * mean(x) in every pixel, mu = a * mean(x), logvar = 0: an energy whose gradient is known by hand."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a))
+
+    def encode(self, x):
+        mu = self.a * x.flatten(1).mean(dim=1, keepdim=True)  # [B, 1]
+        return mu, torch.zeros_like(mu)
+
+    def decode(self, z):
+        return z[:, :, None, None].expand(-1, 1, 4, 4)  # [B, 1, 4, 4]
+
+
+def _hand_grad(x, x0, a, lam, kl):
+    """Gradient of E(x) = sum (f - x)^2 + lam |x - x0|_1 + kl * mu^2 / 2 for the stub, by hand: [B, 1, 4, 4]."""
+    n = x[0].numel()
+    f = a * x.flatten(1).mean(1)[:, None, None, None]  # f(x) = mu in every pixel, [B, 1, 1, 1]
+    r = f - x
+    return (2 * a / n) * r.flatten(1).sum(1)[:, None, None, None] - 2 * r + lam * torch.sign(x - x0) + kl * f * a / n
+
+
+def _hand_step(x, grad, a, alpha):
+    """x - alpha * grad * (x - f(x))^2, clamped to [0, 1]."""
+    r = a * x.flatten(1).mean(1)[:, None, None, None] - x
+    return (x - alpha * grad * r**2).clamp(0, 1)
+
+
+def test_two_projection_steps_match_hand_computed_steps():
+    g = torch.Generator().manual_seed(3)
+    x0 = 0.2 + 0.6 * torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    a, alpha, lam, kl = 0.9, 0.8, 0.3, 1.0
+    model = _LinearStub(a).double().eval()
+    x1 = _hand_step(x0, _hand_grad(x0, x0, a, lam, kl), a, alpha)
+    x2 = _hand_step(x1, _hand_grad(x1, x0, a, lam, kl), a, alpha)
+    # a wrong implementation taking the energy's gradient at x_0 in the second step would return this:
+    x2_grad_at_x0 = _hand_step(x1, _hand_grad(x0, x0, a, lam, kl) + lam * torch.sign(x1 - x0), a, alpha)
+    assert (x2 - x2_grad_at_x0).abs().max() > 1e-3  # the case separates the two
+    for steps, expected in ((1, x1), (2, x2)):
+        xt, rec0 = project(model, x0, steps=steps, alpha=alpha, lam=lam, loss="l2", kl_weight=kl)
+        torch.testing.assert_close(xt, expected, rtol=0, atol=1e-7)
+        torch.testing.assert_close(rec0, (a * x0.flatten(1).mean(1))[:, None, None, None].expand(-1, 1, 4, 4))
+    # the KL term changes the steps: the energy must carry it when asked (paper: E is the VAE's loss)
+    xt_no_kl, _ = project(model, x0, steps=2, alpha=alpha, lam=lam, loss="l2", kl_weight=0.0)
+    assert (xt_no_kl - x2).abs().max() > 1e-6
+
+
 def test_projection_leaves_normal_image_nearly_unchanged(trained_vae):
     normal = _normal_images(8, torch.Generator().manual_seed(2))
     defect = _with_defect(normal)
@@ -136,11 +184,67 @@ def _tiny_cfg(root, category="washer", extra=()):
 def test_end_to_end_synthetic(category, small_synthetic_root, tmp_path):
     cfg = _tiny_cfg(small_synthetic_root, category, [f"results_dir={tmp_path}"])
     record = run(cfg)
-    for key in ("image_auroc", "pixel_auroc", "aupro"):
-        assert 0 <= record["metrics"][key] <= 1
+    assert set(record["metrics"]) >= {"image_auroc", "pixel_auroc", "aupro"}
     assert record["method_timings"]["epochs_done"] == 2
-    if "extra_metrics" in record:  # harness evaluates the plain reconstruction of the same model
-        assert 0 <= record["extra_metrics"]["reconstruction"]["pixel_auroc"] <= 1
+    # the harness evaluates the plain reconstruction of the same model beside the projection
+    assert set(record["extra_metrics"]) == {"reconstruction"}
+
+
+def test_train_log_val_ratio_and_standardised_maps(small_synthetic_root, tmp_path):
+    cfg = _tiny_cfg(small_synthetic_root, extra=["method.train.holdout=0.25", "method.standardize=true",
+                                                 "method.train.epochs=3"])
+    dm = build_datamodule(cfg).setup()
+    ctx = RunContext(seed=0, category="washer", grayscale=True, image_size=dm.out_size, progress=False)
+    m = VAEEnergy(cfg.method, ctx)
+    m.fit(dm.train_dataloader())
+    # COMMON.md training-curve contract: one entry per epoch, steps increasing, val_ratio on the held-out images
+    assert [e["epoch"] for e in m.train_log] == [1, 2, 3]
+    assert all(e["stage"] == "train" and e["lr"] == 5e-4 and np.isfinite(e["loss"]) for e in m.train_log)
+    steps = [e["step"] for e in m.train_log]
+    assert steps[0] >= 1 and steps == sorted(set(steps))
+    assert all(0 < e["val_ratio"] < 100 for e in m.train_log)
+    assert m.timings["n_holdout"] == 3  # 25 % of the 12 training images, not trained on
+    pred = m.predict(dm.test_dataloader())
+    assert set(m.extra_predictions) == {"reconstruction", "projection_raw", "reconstruction_raw"}
+    mean, std = m.norm_stats["projection"]
+    assert tuple(mean.shape) == dm.out_size and (std > 0).all()
+    raw = m.extra_predictions["projection_raw"].anomaly_maps
+    np.testing.assert_allclose(pred.anomaly_maps, (raw - mean.numpy()) / std.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.image_scores, pred.anomaly_maps.reshape(len(raw), -1).max(1), rtol=1e-6)
+    m.save(tmp_path / "ck")
+    loaded = VAEEnergy.load(tmp_path / "ck", RunContext(seed=0, image_size=dm.out_size, progress=False))
+    assert loaded.train_log == m.train_log
+    np.testing.assert_allclose(loaded.predict(dm.test_dataloader()).anomaly_maps, pred.anomaly_maps, atol=1e-5)
+
+
+def _out_size(cfg) -> tuple[int, int]:
+    side = int(cfg.dataset.crop_size or cfg.dataset.image_size)
+    return side, side
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu", "tiny"])
+@pytest.mark.parametrize("texture", [False, True])
+def test_presets_feed_the_model_without_upsampling(preset, texture):
+    cfg = compose_cfg(["method=vae_energy", f"preset={preset}"])
+    VAEEnergy(cfg.method, RunContext(is_texture=texture, image_size=_out_size(cfg)))  # raises when it would upsample
+    if preset == "paper":  # the paper's input: 512 px textures cut in 128 px crops, objects whole at 128 px
+        assert (cfg.dataset.image_size, cfg.dataset.crop_size) == (512, None)
+        assert (cfg.method.texture.resize, cfg.method.input_size) == (512, 128)
+        assert cfg.method.projection.steps == 100
+        assert cfg.method.projection.kl_weight is None and cfg.method.kl_weight == 1.0  # E = the VAE's loss
+
+
+def test_upsampling_is_refused_with_the_fix():
+    cfg = compose_cfg(["method=vae_energy", "dataset.image_size=256", "dataset.crop_size=224"])
+    with pytest.raises(ConfigError, match=r"224x224 images to method\.texture\.resize=512.*dataset\.image_size>=512 "
+                                          r"dataset\.crop_size=null"):
+        VAEEnergy(cfg.method, RunContext(is_texture=True, image_size=(224, 224)))
+    with pytest.raises(ConfigError, match=r"method\.input_size=128"):
+        VAEEnergy(cfg.method, RunContext(is_texture=False, image_size=(100, 100)))
+    m = VAEEnergy(cfg.method, RunContext(is_texture=False, image_size=(224, 224)))
+    assert m.to_model_space(torch.zeros(1, 3, 224, 224)).shape == (1, 3, 128, 128)  # downsampling is fine
+    with pytest.raises(ConfigError, match="upsample"):
+        m.to_model_space(torch.zeros(1, 3, 96, 96))
 
 
 def test_maps_save_load_round_trip_and_wrong_checkpoint(small_synthetic_root, tmp_path):
@@ -203,6 +307,8 @@ def test_training_resume_matches_uninterrupted(small_synthetic_root, tmp_path):
     ("method.loss=l1", "method.loss"), ("method.score=both", "method.score"),
     ("method.input_size=30", "method.input_size"), ("method.train.batch_size=1", "method.train.batch_size"),
     ("method.texture.stride=7", "method.texture"), ("method.projection.loss=mse", "method.projection.loss"),
+    ("method.standardize=true", "method.train.holdout"), ("method.train.holdout=1.5", "method.train.holdout"),
+    ("method.projection.kl_weight=-1", "method.projection.kl_weight"),
 ])
 def test_bad_config_names_the_option(override, option, small_synthetic_root):
     cfg = _tiny_cfg(small_synthetic_root, extra=[override])
