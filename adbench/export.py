@@ -11,7 +11,9 @@ threshold and the adbench version. Score it with ``python -m adbench.predict che
 engine=onnxruntime ...`` or :mod:`adbench.onnx_runtime`.
 
 A method is exportable when its package registers an exporter (:func:`register_exporter`): a function from
-the loaded method to a pure ``nn.Module`` image -> (score, map). Others say why they are not.
+the loaded method to a pure ``nn.Module`` image -> (score, map), with optional attributes ``export_note`` (a
+line for the metadata) and ``export_calibrated`` (False: the graph's scores are not the ones the checkpoint's
+threshold was calibrated on, so no threshold is written). Others say why they are not.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint
@@ -41,6 +44,57 @@ OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true"
 
 class NotExportable(ConfigError):
     """A method (or one of its settings) that has no ONNX graph; the message says why."""
+
+
+def reflect_index(n: int, r: int) -> torch.Tensor:
+    """Indices of ``n`` samples padded by ``r`` on each side the way scipy.ndimage's ``reflect`` mode does
+    (edge sample repeated: d c b a | a b c d | d c b a)."""
+    idx = []
+    for i in range(-r, n + r):
+        j = i % (2 * n)
+        idx.append(2 * n - 1 - j if j >= n else j)
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """scipy.ndimage's 1-D Gaussian weights (radius ``int(truncate * sigma + 0.5)``), normalised."""
+    r = int(truncate * sigma + 0.5)
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+class GaussianBlur(nn.Module):
+    """scipy.ndimage.gaussian_filter of maps [B, 1, H, W] of a fixed size, as two 1-D convolutions."""
+
+    def __init__(self, sigma: float, size: tuple[int, int]) -> None:
+        super().__init__()
+        k = gaussian_kernel(sigma)
+        r = (len(k) - 1) // 2
+        self.register_buffer("k_row", k.reshape(1, 1, 1, -1))
+        self.register_buffer("k_col", k.reshape(1, 1, -1, 1))
+        self.register_buffer("idx_h", reflect_index(size[0], r))
+        self.register_buffer("idx_w", reflect_index(size[1], r))
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        m = F.conv2d(m.index_select(3, self.idx_w), self.k_row)  # [B, 1, H, W]
+        return F.conv2d(m.index_select(2, self.idx_h), self.k_col)
+
+
+def resize_matrix(n_in: int, n_out: int, antialias: bool = False) -> torch.Tensor:
+    """``A`` [n_out, n_in] with ``A @ x`` equal to F.interpolate(bilinear, align_corners=False, ``antialias``) of
+    ``x`` along one axis (the interpolation is separable and linear)."""
+    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)  # along the width (a height of 1
+    out = F.interpolate(eye, size=(1, n_out), mode="bilinear", align_corners=False, antialias=antialias)  # is wrong)
+    return out.reshape(n_in, n_out).t().float().contiguous()
+
+
+def image_scores(maps: torch.Tensor, how: str = "max", topk: int = 1) -> torch.Tensor:
+    """Maps [B, H, W] -> [B]: the maximum, or the mean of the ``topk`` highest pixels."""
+    flat = maps.reshape(maps.shape[0], -1)
+    if how == "max":
+        return flat.max(1).values
+    return torch.topk(flat, min(topk, flat.shape[1]), dim=1).values.mean(1)
 
 
 def register_exporter(name: str) -> Callable[[Callable[[Any], nn.Module]], Callable[[Any], nn.Module]]:
@@ -71,9 +125,11 @@ def adbench_version() -> str:
         return "0.1.0"
 
 
-def metadata(manifest: dict[str, Any], calibration: Any, note: str) -> dict[str, str]:
+def metadata(manifest: dict[str, Any], calibration: Any, note: str, calibrated: bool = True) -> dict[str, str]:
     """The ``metadata_props`` of an exported file (all values are strings; lists and dicts as JSON)."""
     out_size = [int(v) for v in manifest["out_size"]]
+    if calibration is not None and not calibrated:
+        calibration = None
     meta = {
         "adbench_version": adbench_version(),
         "method": str(manifest["method"]),
@@ -113,7 +169,8 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17) -> 
                               output_names=["score", "anomaly_map"], opset_version=opset, dynamo=False,
                               dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}})
         proto = onnx.load(str(tmp))
-        for key, value in metadata(manifest, calibration, str(getattr(module, "export_note", ""))).items():
+        for key, value in metadata(manifest, calibration, str(getattr(module, "export_note", "")),
+                                      bool(getattr(module, "export_calibrated", True))).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))

@@ -103,10 +103,42 @@ def test_export_refuses_bad_format_and_unexportable_settings(patchcore_onnx, tmp
 def test_gaussian_blur_module_matches_scipy():
     from scipy import ndimage
 
-    from methods.patchcore.export import GaussianBlur
+    from adbench.export import GaussianBlur
 
     m = torch.rand(2, 1, 20, 33)
     for sigma in (1.0, 4.0):
         got = GaussianBlur(sigma, (20, 33))(m)[:, 0].numpy()
         ref = np.stack([ndimage.gaussian_filter(x, sigma=sigma) for x in m[:, 0].numpy()])
         assert np.abs(got - ref).max() < 1e-6
+
+
+@pytest.mark.parametrize("category", ["washer", "weave"])  # an object (whole image) and a texture (tiled crops)
+def test_vae_energy_reconstruction_onnx_matches_torch(small_synthetic_root, tmp_path, category):
+    ckpt = _checkpoint(small_synthetic_root, tmp_path / "results", "vae_energy",
+                       ("method.score=reconstruction", f"category={category}"))
+    onnx_file = tmp_path / "vae.onnx"
+    assert export_main([f"checkpoint={ckpt}", f"output={onnx_file}"]) == 0
+    score_err, map_err = _agreement(ckpt, onnx_file, small_synthetic_root / category / "test")
+    assert score_err < RTOL and map_err < RTOL, (score_err, map_err)
+
+
+def test_vae_energy_projection_exports_reconstruction_without_threshold(small_synthetic_root, tmp_path):
+    from adbench.checkpoint import load_checkpoint
+    from adbench.export import export_module, metadata
+
+    ckpt = _checkpoint(small_synthetic_root, tmp_path / "results", "vae_energy", ("method.score=reconstruction",))
+    model, manifest, _, cal = load_checkpoint(ckpt)
+    model.cfg.score = "projection"
+    graph = export_module(model, "vae_energy")
+    meta = metadata(manifest, cal, graph.export_note, graph.export_calibrated)
+    assert cal is not None and meta["threshold"] == "null" and "not exportable" in meta["note"]
+
+
+def test_resize_matrix_matches_antialiased_interpolate():
+    from adbench.export import resize_matrix
+
+    x = torch.rand(2, 3, 40, 56)
+    ref = torch.nn.functional.interpolate(x, size=(16, 24), mode="bilinear", align_corners=False, antialias=True)
+    got = resize_matrix(40, 16, True) @ x @ resize_matrix(56, 24, True).t()
+    assert (got - ref).abs().max() < 1e-5
+

@@ -3,8 +3,8 @@
 The locally aware aggregation (3x3 neighbourhood flattened channel-major, adaptive average pooling over
 channels) is linear, so each layer's unfold + pooling is one fixed 3x3 convolution and the final pooling a
 fixed 1x1 convolution. Distances to the memory bank are matrix products with a top-k; the k nearest rows are
-then re-gathered and their distances computed as differences (no cancellation). The Gaussian blur is scipy's
-``gaussian_filter`` (mode ``reflect``, truncate 4) as two fixed 1-D convolutions over index-padded maps.
+then re-gathered and their distances computed as differences (no cancellation). The Gaussian blur is
+:class:`adbench.export.GaussianBlur` (scipy's ``gaussian_filter``).
 Approximate faiss indexes (hnsw, ivf) are exported as the exact search.
 """
 
@@ -14,48 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adbench.export import NotExportable, register_exporter
+from adbench.export import GaussianBlur, NotExportable, register_exporter
 
 
 def pooling_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """``P`` [n_in, n_out] with ``x @ P == adaptive_avg_pool1d(x, n_out)`` for rows ``x`` of length ``n_in``."""
     eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in)
     return F.adaptive_avg_pool1d(eye, n_out).reshape(n_in, n_out).float()
-
-
-def reflect_index(n: int, r: int) -> torch.Tensor:
-    """Indices of ``n`` samples padded by ``r`` on each side the way scipy.ndimage's ``reflect`` mode does
-    (edge sample repeated: d c b a | a b c d | d c b a)."""
-    idx = []
-    for i in range(-r, n + r):
-        j = i % (2 * n)
-        idx.append(2 * n - 1 - j if j >= n else j)
-    return torch.tensor(idx, dtype=torch.long)
-
-
-def gaussian_kernel(sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """scipy.ndimage's 1-D Gaussian weights (radius ``int(truncate * sigma + 0.5)``), normalised."""
-    r = int(truncate * sigma + 0.5)
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (k / k.sum()).float()
-
-
-class GaussianBlur(nn.Module):
-    """scipy.ndimage.gaussian_filter of maps [B, 1, H, W] of a fixed size, as two 1-D convolutions."""
-
-    def __init__(self, sigma: float, size: tuple[int, int]) -> None:
-        super().__init__()
-        k = gaussian_kernel(sigma)
-        r = (len(k) - 1) // 2
-        self.register_buffer("k_row", k.reshape(1, 1, 1, -1))
-        self.register_buffer("k_col", k.reshape(1, 1, -1, 1))
-        self.register_buffer("idx_h", reflect_index(size[0], r))
-        self.register_buffer("idx_w", reflect_index(size[1], r))
-
-    def forward(self, m: torch.Tensor) -> torch.Tensor:
-        m = F.conv2d(m.index_select(3, self.idx_w), self.k_row)  # [B, 1, H, W]
-        return F.conv2d(m.index_select(2, self.idx_h), self.k_col)
 
 
 class PatchCoreGraph(nn.Module):
