@@ -112,10 +112,11 @@ def test_gaussian_blur_module_matches_scipy():
         assert np.abs(got - ref).max() < 1e-6
 
 
-@pytest.mark.parametrize("category", ["washer", "weave"])  # an object (whole image) and a texture (tiled crops)
-def test_vae_energy_reconstruction_onnx_matches_torch(small_synthetic_root, tmp_path, category):
+@pytest.mark.parametrize("category,extra", [  # an object (whole image, standardised maps) and a texture (tiles)
+    ("washer", ("method.standardize=true", "method.train.holdout=0.25")), ("weave", ())])
+def test_vae_energy_reconstruction_onnx_matches_torch(small_synthetic_root, tmp_path, category, extra):
     ckpt = _checkpoint(small_synthetic_root, tmp_path / "results", "vae_energy",
-                       ("method.score=reconstruction", f"category={category}"))
+                       ("method.score=reconstruction", f"category={category}", *extra))
     onnx_file = tmp_path / "vae.onnx"
     assert export_main([f"checkpoint={ckpt}", f"output={onnx_file}"]) == 0
     score_err, map_err = _agreement(ckpt, onnx_file, small_synthetic_root / category / "test")

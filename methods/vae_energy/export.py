@@ -3,7 +3,8 @@
 The energy-based projection (``method.score=projection``) takes gradient steps through the VAE with autograd,
 which has no ONNX graph: such checkpoints export the reconstruction map of the same VAE, without a threshold
 (theirs was calibrated on projection scores). The antialiased resize to the model side is a fixed matrix
-product per axis; texture crops are fixed slices, stitched back by padding and averaging.
+product per axis; texture crops are fixed slices, stitched back by padding and averaging; with
+``method.standardize`` the map is z-scored per pixel with the checkpoint's held-out statistics.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class VAEReconstructionGraph(nn.Module):
     """Normalised images [B, 3, H, W] -> (image scores [B], reconstruction maps [B, H, W])."""
 
     def __init__(self, vae: nn.Module, gray: bool, side: int, crop: int, stride: int, texture: bool,
-                 size: tuple[int, int], sigma: float, how: str, topk: int) -> None:
+                 size: tuple[int, int], sigma: float, how: str, topk: int,
+                 norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.vae = vae
         self.gray, self.side, self.crop, self.texture = gray, side, crop, texture
@@ -37,6 +39,10 @@ class VAEReconstructionGraph(nn.Module):
             counts[..., y : y + crop, x : x + crop] += 1
         self.register_buffer("counts", counts)
         self.blur = GaussianBlur(sigma, self.size) if sigma > 0 else None
+        self.standardize = norm is not None  # per-pixel z-score with held-out normal statistics [H, W]
+        if norm is not None:
+            self.register_buffer("norm_mean", norm[0].float())
+            self.register_buffer("norm_std", norm[1].float())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (x * self.std + self.mean).clamp(0, 1)  # [B, 3, H, W], as adbench.data.denormalize
@@ -58,6 +64,8 @@ class VAEReconstructionGraph(nn.Module):
         if self.blur is not None:
             up = self.blur(up)
         maps = up[:, 0]
+        if self.standardize:
+            maps = (maps - self.norm_mean) / self.norm_std
         return image_scores(maps, self.how, self.topk), maps
 
 
@@ -68,7 +76,8 @@ def export_module(method) -> nn.Module:
     h, w = method.ctx.image_size
     graph = VAEReconstructionGraph(method.model.cpu().eval(), method.in_channels == 1, method._side,
                                    int(cfg.input_size), int(cfg.texture.stride), method.texture, (int(h), int(w)),
-                                   float(cfg.smoothing_sigma), str(cfg.image_score), int(cfg.topk))
+                                   float(cfg.smoothing_sigma), str(cfg.image_score), int(cfg.topk),
+                                   getattr(method, "norm_stats", {}).get("reconstruction"))
     if str(cfg.score) == "projection":
         graph.export_note = ("reconstruction map |x0 - f(x0)|: the checkpoint scores by projection (autograd steps "
                              "through the VAE, not exportable); no threshold")
