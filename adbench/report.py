@@ -244,8 +244,8 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
     pub = _published()
     parts.append("<h2>Overview</h2><p class='note'>Each cell: ours (percent), the published figure and the "
                  "difference where the paper gives one. <i>Reference</i> rows are baselines without a model (raw "
-                 "pixel statistics); <span style='color:#b00020'>≤ reference</span> marks a method that does not "
-                 "beat the better of them. Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
+                 "pixel statistics, the default 256 → 224 input); <span style='color:#b00020'>≤ reference</span> marks a "
+                 "method that does not beat the better of them. Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
     best = []
     for d, c in cols:
         picks = []
