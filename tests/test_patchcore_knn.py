@@ -107,3 +107,25 @@ def test_approximate_index_saved_and_loaded(washer, tmp_path, kind):
     faiss.write_index(faiss.IndexFlatL2(model.bank.shape[1]), str(tmp_path / "index.faiss"))
     with pytest.raises(ConfigError, match="index.faiss does not match"):
         PatchCore.load(tmp_path, RunContext(progress=False))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_image_scores_exact_with_an_approximate_index(features, kind):
+    """A coarse approximate index misses neighbours; the maximal patch of every image is re-scored until it is
+    exact, so image scores equal exact search's while other patches may stay approximate."""
+    bank, queries = features
+    emb = torch.from_numpy(queries[:400]).reshape(10, 40, 32)  # 10 "images" of 40 patches
+    exact = PatchCore(compose_cfg(["preset=tiny"]).method, RunContext(progress=False))
+    exact._build_index(torch.from_numpy(bank.copy()))
+    d2, _ = exact._search(emb.reshape(400, 32), 1)
+    want = exact._patch_scores(d2).reshape(10, 40)
+    coarse = ["method.knn.hnsw_m=4", "method.knn.ef_construction=8", "method.knn.ef_search=1"] if kind == "hnsw" \
+        else ["method.knn.nlist=128", "method.knn.nprobe=1"]
+    approx = PatchCore(compose_cfg(["preset=tiny", f"method.knn.index={kind}", *coarse]).method, RunContext(progress=False))
+    approx._build_index(torch.from_numpy(bank.copy()))
+    d2, ids = approx._search(emb.reshape(400, 32), 1)
+    got = approx._patch_scores(d2).reshape(10, 40)
+    assert not np.allclose(got.max(1), want.max(1), rtol=1e-4)  # the coarse index does miss maxima
+    approx._exact_maxima(emb, got, ids.reshape(10, 40, 1))
+    assert np.allclose(got.max(1), want.max(1), rtol=1e-4)
+    assert (got >= want * (1 - 1e-4)).all()  # never below the exact scores

@@ -119,6 +119,7 @@ class PatchCore:
         self.timings: dict[str, float] = {}
         self.coreset_stats: dict = {}
         self._backbone_s = 0.0
+        self._rescored = 0  # patches re-scored by brute force after an approximate search
         self._register_backbone_timer()
 
     def _register_backbone_timer(self) -> None:
@@ -339,6 +340,28 @@ class PatchCore:
         dist = d2 if str(self.cfg.get("score_distance", "squared")) == "squared" else np.sqrt(d2)
         return dist.mean(axis=1)
 
+    def _exact_maxima(self, emb: torch.Tensor, patch: np.ndarray, nn_ids: np.ndarray) -> None:
+        """After an approximate search: make every image's maximal patch score exact, in place.
+
+        An approximate index returns true distances to possibly wrong neighbours, so a patch score is never below
+        the exact one. Re-scoring the current maximal patch by brute force until the maximum is a re-scored patch
+        therefore yields the exact image score (and its exact nearest neighbours ``nn_ids`` for eq. 7); misses
+        elsewhere in the map stay. Without this, a handful of missed patches per image decide the image score.
+        """
+        assert self.bank is not None
+        k = nn_ids.shape[-1]
+        for i in range(len(patch)):
+            done = np.zeros(patch.shape[1], dtype=bool)
+            while not done[int(np.argmax(patch[i]))]:
+                top = np.argsort(-np.where(done, -np.inf, patch[i]), kind="stable")[:8]  # 8 highest not re-scored
+                top = top[~done[top]]
+                q = np.ascontiguousarray(emb[i, torch.from_numpy(top)].cpu().numpy(), dtype=np.float32)  # [t, D]
+                d2, best = faiss.knn(q, self.bank.numpy(), k)  # brute force, [t, k] each
+                patch[i, top] = self._patch_scores(np.maximum(d2, 0))
+                nn_ids[i, top] = best
+                done[top] = True
+                self._rescored += len(top)
+
     def _reweight(self, emb: torch.Tensor, patch_scores: np.ndarray, nn_ids: np.ndarray) -> np.ndarray:
         """Paper eq. 7: scale the max patch score by how isolated its nearest memory patch is."""
         assert self.bank is not None
@@ -382,12 +405,15 @@ class PatchCore:
         scores, maps = [], []
         t_search = t_post = 0.0
         t_embed = 0.0
+        self._rescored = 0
         for emb, input_size, dt in self._test_embeddings(test_loader):  # [B, h*w, D]
             t_embed += dt
             b, p, d = emb.shape
             ts = time.perf_counter()
             d2, ids = self._search(emb.reshape(b * p, d), k)  # [B*h*w, k]
             patch = self._patch_scores(d2).reshape(b, p)  # [B, h*w]
+            if self.knn.index != "flat":
+                self._exact_maxima(emb, patch, ids.reshape(b, p, k))
             t_search += time.perf_counter() - ts
             tp = time.perf_counter()
             if self.cfg.get("reweight", False):
@@ -401,7 +427,8 @@ class PatchCore:
                 up = np.stack([ndimage.gaussian_filter(m, sigma=sigma) for m in up])
             maps.append(up.astype(np.float32))
             t_post += time.perf_counter() - tp
-        self.timings.update(search_s=t_search, postprocess_s=t_post, predict_embed_s=t_embed)
+        self.timings.update(search_s=t_search, postprocess_s=t_post, predict_embed_s=t_embed,
+                            rescored_patches=float(self._rescored))
         return Prediction(np.concatenate(scores), np.concatenate(maps))
 
     def save(self, directory: str | Path) -> None:
