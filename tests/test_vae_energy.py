@@ -217,6 +217,19 @@ def test_train_log_val_ratio_and_standardised_maps(small_synthetic_root, tmp_pat
     np.testing.assert_allclose(loaded.predict(dm.test_dataloader()).anomaly_maps, pred.anomaly_maps, atol=1e-5)
 
 
+def test_keep_best_restores_the_epoch_with_the_lowest_held_out_ratio(small_synthetic_root):
+    cfg = _tiny_cfg(small_synthetic_root, extra=["method.train.holdout=0.25", "method.train.epochs=4",
+                                                 "method.train.bn_recalibrate=true", "method.train.keep_best=true"])
+    dm = build_datamodule(cfg).setup()
+    m = VAEEnergy(cfg.method, RunContext(seed=0, category="washer", grayscale=True, image_size=dm.out_size,
+                                         progress=False))
+    m.fit(dm.train_dataloader())
+    vals = [e["val_ratio"] for e in m.train_log]
+    assert len(vals) == 4 and m.timings["best_val_ratio"] == min(vals)
+    assert m.timings["best_epoch"] == 1 + vals.index(min(vals))
+    np.testing.assert_allclose(m.timings["val_ratio"], min(vals), rtol=1e-5)  # the kept weights and BN statistics
+
+
 def _out_size(cfg) -> tuple[int, int]:
     side = int(cfg.dataset.crop_size or cfg.dataset.image_size)
     return side, side

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from scipy import ndimage
+from torch import nn
 from torch.utils.data import DataLoader
 
 from adbench.api import Prediction, RunContext
@@ -58,6 +60,8 @@ def _check_config(cfg: DictConfig) -> None:
     need(0 <= hold < 1, f"method.train.holdout={hold} must be in [0, 1)")
     need(not cfg.get("standardize", False) or hold > 0,
          "method.standardize=true needs held-out normal training images: set method.train.holdout > 0 (e.g. 0.1)")
+    need(not cfg.train.get("keep_best", False) or hold > 0,
+         "method.train.keep_best=true needs held-out normal training images: set method.train.holdout > 0")
     need(int(cfg.train.get("val_every") or 1) >= 1, f"method.train.val_every={cfg.train.get('val_every')} must be >= 1")
     need(int(cfg.projection.steps) >= 0, f"method.projection.steps={cfg.projection.steps} must be >= 0")
     pkl = cfg.projection.get("kl_weight")
@@ -222,6 +226,7 @@ class VAEEnergy:
         max_s = float(tc.max_minutes) * 60 if tc.get("max_minutes") else float("inf")
         epoch_s = 0.0
         step = int(self.train_log[-1]["step"]) if self.train_log else 0
+        best: tuple[float, int, dict | None] = (float("inf"), 0, None)  # (val_ratio, epoch, weights) on the holdout
         self.model.train()
         bar = progress(range(start, int(tc.epochs)), "vae_energy: train", self.ctx.progress, unit="epoch")
         for epoch in bar:
@@ -248,7 +253,11 @@ class VAEEnergy:
             self.history.append(total / max(seen, 1))
             entry = {"stage": "train", "step": step, "epoch": epoch + 1, "loss": self.history[-1], "lr": lr}
             if mean_input is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == int(tc.epochs)):
+                if tc.get("bn_recalibrate", False):
+                    self._recalibrate_bn(data)
                 entry["val_ratio"] = self.val_ratio(held, mean_input)
+                if entry["val_ratio"] < best[0]:
+                    best = (entry["val_ratio"], epoch + 1, copy.deepcopy(self.model.state_dict()))
             self.train_log.append(entry)
             epoch_s = time.perf_counter() - te
             if hasattr(bar, "set_postfix"):
@@ -256,6 +265,11 @@ class VAEEnergy:
                                                                    if "val_ratio" in entry else {}))
             if every and (epoch + 1) % every == 0:
                 self._save_train_state(opt, g, epoch + 1)
+        if tc.get("keep_best", False) and best[2] is not None:
+            self.model.load_state_dict(best[2])  # the epoch with the lowest held-out val_ratio
+            self.timings.update(best_epoch=float(best[1]), best_val_ratio=float(best[0]))
+        elif tc.get("bn_recalibrate", False):
+            self._recalibrate_bn(data)
         self.model.eval()
         self.fitted = True
         t2 = time.perf_counter()
@@ -264,9 +278,31 @@ class VAEEnergy:
         if mean_input is not None:
             if "val_ratio" not in self.train_log[-1]:
                 self.train_log[-1]["val_ratio"] = self.val_ratio(held, mean_input)
-            self.timings["val_ratio"] = float(self.train_log[-1]["val_ratio"])
+            self.timings["val_ratio"] = self.val_ratio(held, mean_input)  # of the model kept
         self.timings.update(decode_s=t1 - t0, train_s=t2 - t1, epochs_done=float(len(self.history)),
                             steps_done=float(step), n_holdout=float(len(held)), statistics_s=time.perf_counter() - t2)
+
+    @torch.no_grad()
+    def _recalibrate_bn(self, data: torch.Tensor) -> None:
+        """Recompute every BatchNorm's running statistics as exact averages over the training images (train-mode
+        passes without gradient; weights untouched), so eval-mode outputs match the current weights rather than
+        the last few batches. Uses no global random state."""
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        was_training = self.model.training
+        self.model.train()
+        g = torch.Generator().manual_seed(self.ctx.seed + 104729)
+        bs = int(self.cfg.train.batch_size)
+        for i in range(0, data.shape[0] - 1, bs):
+            x = self._augment(data[i : i + bs].to(self.device).float(), g)  # crops for textures: [b, C, s, s]
+            if x.shape[0] >= 2:
+                self.model.decode(self.model.encode(x)[0])
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        self.model.train(was_training)
 
     def _save_train_state(self, opt: torch.optim.Optimizer, g: torch.Generator, epoch: int) -> None:
         path = self._train_state_path()
