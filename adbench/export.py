@@ -112,7 +112,7 @@ def export_module(method: Any, name: str) -> nn.Module:
     list_methods()  # imports the method packages, which register their exporters
     if name not in _EXPORTERS:
         raise NotExportable(f"method {name!r} is not exportable because it registers no ONNX exporter "
-                            f"(exportable: {', '.join(sorted(_EXPORTERS)) or 'none'})")
+                            f"(methods with an exporter: {', '.join(sorted(_EXPORTERS)) or 'none'})")
     return _EXPORTERS[name](method).cpu().eval()
 
 

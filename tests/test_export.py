@@ -143,3 +143,35 @@ def test_resize_matrix_matches_antialiased_interpolate():
     got = resize_matrix(40, 16, True) @ x @ resize_matrix(56, 24, True).t()
     assert (got - ref).abs().max() < 1e-5
 
+
+
+def test_cutpaste_onnx_matches_torch(small_synthetic_root, tmp_path):
+    """The tiny random-init CutPaste fits its Gaussian to 9 embeddings of 1280 dimensions: the density is so
+    ill-conditioned that float32 rounding in the encoder moves the score by ~1e-3 relative even within torch
+    (batch of 1 vs 8). ONNX Runtime must agree with torch about as closely as torch agrees with itself (x5), and the
+    exported density on identical embeddings within 1e-6."""
+    from adbench.export import export_module
+
+    ckpt = _checkpoint(small_synthetic_root, tmp_path / "results", "cutpaste")
+    onnx_file = tmp_path / "cutpaste.onnx"
+    assert export_main([f"checkpoint={ckpt}", f"output={onnx_file}"]) == 0
+    files = sorted((small_synthetic_root / "washer" / "test").rglob("*.png"))[:6]
+    det = load(ckpt, device="cpu")
+    ref = det.predict(files)
+    det.batch_size = 1
+    self_err = max(abs(a.score - b.score) / abs(a.score) for a, b in zip(ref, det.predict(files)))
+    score_err, map_err = _agreement(ckpt, onnx_file, small_synthetic_root / "washer" / "test")
+    assert score_err < max(RTOL, 5 * self_err) and map_err < max(RTOL, 5 * self_err), (score_err, map_err, self_err)
+    graph = export_module(det.model, "cutpaste")
+    emb = torch.randn(5, graph.image_density.mean.shape[1]) * 0.1 + graph.image_density.mean.float()
+    exact = det.model.image_density.score(emb)
+    assert (graph.image_density(emb) - exact).abs().max() <= 1e-6 * exact.abs().max()
+
+
+def test_lora_mae_and_baselines_say_why_they_are_not_exportable():
+    from adbench.export import NotExportable, export_module
+
+    with pytest.raises(NotExportable, match="lora_mae is not exportable because"):
+        export_module(None, "lora_mae")
+    with pytest.raises(NotExportable, match="'mean_image' is not exportable because it registers no ONNX exporter"):
+        export_module(None, "mean_image")

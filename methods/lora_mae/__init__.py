@@ -5,6 +5,7 @@ from .masks import interleaved_masks
 from .method import LoRAMAE
 from .model import ARCHITECTURES, MaskedAutoencoderViT, count_parameters, interpolate_pos_embed, resolve_arch
 from .pretrained import load_into, load_pretrained
+from . import export as _export  # noqa: F401  (registers the ONNX exporter)
 
 __all__ = [
     "ARCHITECTURES", "LoRAMAE", "MaskedAutoencoderViT", "apply_lora", "count_parameters", "interleaved_masks",
