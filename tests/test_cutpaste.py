@@ -84,6 +84,39 @@ def test_scar_width_length_rotation_bounds_and_geometry():
     assert min(angles) < -35 and max(angles) > 35
 
 
+def test_scar_pastes_only_strip_pixels_no_dark_outline():
+    # a uniform 0.8 image without jitter: every pasted pixel must still be 0.8 (a bilinear rotation with zero
+    # fill mixed the strip's edge pixels with black)
+    g = _gen(10)
+    img = torch.full((3, 64, 64), 0.8)
+    cfg = AugmentConfig(patch_jitter=0.0)
+    for _ in range(200):
+        out, info = scar(img, cfg, g)
+        assert info["mask"].sum() >= info["width"] * info["length"] * 0.8
+        assert torch.equal(out, img), (out - img).abs().max()
+    # the pasted pixels are the strip's: a striped image keeps only values of its source rows inside the mask
+    ramp = torch.linspace(0.1, 0.9, 64).view(1, 64, 1).expand(3, 64, 64).contiguous()
+    for _ in range(50):
+        out, info = scar(ramp, cfg, g)
+        (y1, _), length = info["src"], info["length"]
+        src_values = set(ramp[0, y1 : y1 + length, 0].tolist())
+        assert set(out[0][info["mask"]].tolist()) <= src_values
+
+
+def test_color_jitter_is_torchvision_colorjitter_per_image():
+    from torchvision.transforms.v2 import ColorJitter
+
+    x = torch.rand(3, 3, 12, 12, generator=_gen(11))
+    g1, g2 = _gen(12), _gen(12)
+    out = color_jitter(x, 0.3, g1)
+    seed = int(torch.randint(0, 2**62, (1,), generator=g2))
+    torch.manual_seed(seed)
+    ref = ColorJitter(0.3, 0.3, 0.3, 0.3)
+    assert torch.allclose(out, torch.stack([ref(img) for img in x]).clamp(0, 1))
+    same = color_jitter(x[:1].expand(2, 3, 12, 12), 0.3, g1)
+    assert not torch.allclose(same[0], same[1])  # each image draws its own factors
+
+
 def test_color_jitter_range_identity_and_gray_invariance():
     g = _gen(4)
     x = torch.rand(5, 3, 16, 16, generator=g)
@@ -281,18 +314,37 @@ def test_end_to_end_scar_gde_sklearn_without_patch_model_save_load_and_resume(sm
     m.fit(dm.train_dataloader())
     assert m.n_classes == 2 and (tmp_path / "work" / "train_image.pt").is_file()
     assert {"train_s", "density_s"} <= set(m.timings) and len(m.history["image"]) == 1
+    assert [(e["stage"], e["step"]) for e in m.train_log] == [("image", 2)]
+    assert {"loss", "acc", "lr"} <= set(m.train_log[0]) and np.isfinite(m.train_log[0]["loss"])
     pred = m.predict(dm.test_dataloader())
     assert pred.anomaly_maps.shape == (len(dm.test_samples), *dm.out_size)
     assert np.isfinite(pred.image_scores).all() and len(np.unique(pred.image_scores)) > 1
     np.testing.assert_array_equal(pred.anomaly_maps[:, 5, 7], pred.image_scores)  # constant map = image score
     m.save(tmp_path / "model")
-    again = CutPaste.load(tmp_path / "model", RunContext(seed=0, progress=False)).predict(dm.test_dataloader())
+    loaded = CutPaste.load(tmp_path / "model", RunContext(seed=0, progress=False))
+    assert loaded.train_log == m.train_log
+    again = loaded.predict(dm.test_dataloader())
     np.testing.assert_allclose(again.image_scores, pred.image_scores, rtol=1e-5)
     # a second fit in the same work folder resumes the finished training instead of training again
     m2 = CutPaste(cfg.method, ctx)
     m2.fit(dm.train_dataloader())
     assert m2.history["image"] == m.history["image"]
     np.testing.assert_allclose(m2.predict(dm.test_dataloader()).image_scores, pred.image_scores, rtol=1e-5)
+
+
+def test_paper_preset_schedule_input_and_seed_options():
+    cfg = compose_cfg(["method=cutpaste", "preset=paper", "method.backbone.weights=none", "method.patch.enabled=false"])
+    assert cfg.dataset.image_size == 256 and cfg.dataset.crop_size is None  # 256 x 256, no centre crop
+    assert cfg.method.normalize_embeddings and cfg.method.train.freeze_backbone_steps == 20  # the seed's
+    m = CutPaste(cfg.method, RunContext())
+    tc = m._train_config(209, patch=False)
+    assert tc.steps == 256 * 256 and tc.batch_size == 32 and tc.freeze_backbone_steps == 20
+    one_pass = compose_cfg(["method=cutpaste", "preset=tiny", "method.train.steps=null", "method.train.epochs=3",
+                            "method.train.steps_per_epoch=null", "method.train.batch_size=32"])
+    assert CutPaste(one_pass.method, RunContext())._train_config(209, patch=False).steps == 3 * 7  # ceil(209 / 32)
+    bad = compose_cfg(["method=cutpaste", "preset=tiny", "method.train.steps=null", "method.train.steps_per_epoch=0"])
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        CutPaste(bad.method, RunContext())._train_config(10, patch=False)
 
 
 def test_load_rejects_foreign_checkpoint_and_bad_config(tmp_path):

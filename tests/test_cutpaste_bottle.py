@@ -1,4 +1,5 @@
-"""CutPaste on the real MVTec AD bottle (preset=cpu, ImageNet MobileNetV2): the issue's acceptance run."""
+"""CutPaste preset=cpu (ImageNet MobileNetV2) on real MVTec AD categories: it must beat both reference baselines
+(mean_image, pixel_gaussian, same image transform) in image and pixel AUROC, within its CPU training budget."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import pytest
 
 from adbench.run import run
 
-from .conftest import compose_cfg
+from .conftest import best_baseline, compose_cfg, real_category_root
+
+MARGIN = 0.01  # AUROC points over the better baseline
 
 
 @pytest.mark.slow
-def test_cutpaste_3way_bottle_cpu_reaches_095_image_auroc(mvtec_bottle, shared_torch_home, tmp_path):
-    cfg = compose_cfg(["method=cutpaste", "preset=cpu", "method.variant=3way", "category=bottle",
-                       f"dataset.root={mvtec_bottle}", "method.backbone.name=mobilenet_v2",
-                       f"results_dir={tmp_path}", "progress=false"])
+@pytest.mark.parametrize("category", ["bottle", "transistor"])
+def test_cutpaste_3way_cpu_beats_both_baselines(category, shared_torch_home, tmp_path):
+    root = real_category_root(category)
+    cfg = compose_cfg(["method=cutpaste", "preset=cpu", "method.variant=3way", f"category={category}",
+                       f"dataset.root={root}", f"results_dir={tmp_path}", "progress=false"])
     record = run(cfg)
-    t = record["method_timings"]
-    assert t["train_s"] + t["patch_train_s"] <= 20 * 60, t
-    assert record["metrics"]["image_auroc"] >= 0.95, record["metrics"]
-    assert record["metrics"]["pixel_auroc"] > 0.8, record["metrics"]
+    m, t = record["metrics"], record["method_timings"]
+    for metric in ("image_auroc", "pixel_auroc"):
+        floor = best_baseline(category, metric) + MARGIN
+        assert m[metric] >= floor, (metric, m[metric], floor)
+    assert t["train_s"] + t["patch_train_s"] <= 15 * 60, t  # ~4 min on an idle 2-core CPU; slack for shared CPUs

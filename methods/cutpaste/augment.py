@@ -11,14 +11,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torchvision.transforms.v2 import ColorJitter
 from torchvision.transforms.v2 import functional as TF
 
 VARIANTS = ("normal", "scar", "3way")
 _MAX_TRIES = 1000
-
-# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane.
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -46,28 +43,16 @@ def _randint(gen: torch.Generator, lo: int, hi: int) -> int:
 
 
 def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random brightness, contrast, saturation (factors in [1-s, 1+s]) and hue (a rotation of the
-    YIQ chroma plane by up to ``s`` turns, s <= 0.5) of ``x`` [B, 3, H, W] in [0, 1]; result clamped to [0, 1]."""
+    """torchvision's ``ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(s, 0.5))`` applied to each
+    image of ``x`` [B, 3, H, W] in [0, 1] with its own random factors and order, as the paper's and the seed
+    code's jitter. The draws come from ``gen`` (torchvision draws from the global RNG, forked here)."""
     if strength <= 0:
         return x
-    b = x.shape[0]
-    dev, dt = x.device, x.dtype
-    f = lambda: _uniform(gen, 1 - strength, 1 + strength, b).to(dev, dt).view(b, 1, 1, 1)  # noqa: E731
-    bright, contrast, sat = f(), f(), f()
-    hue = _uniform(gen, -min(strength, 0.5), min(strength, 0.5), b).to(dev, dt)
-    x = (x * bright).clamp(0, 1)
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # [B, 1, H, W]
-    x = (contrast * x + (1 - contrast) * gray.mean(dim=(2, 3), keepdim=True)).clamp(0, 1)
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = (sat * x + (1 - sat) * gray).clamp(0, 1)
-    to_yiq = _RGB2YIQ.to(dev, dt)
-    theta = 2 * math.pi * hue
-    rot = torch.zeros(b, 3, 3, device=dev, dtype=dt)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(theta), -torch.sin(theta)
-    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(theta), torch.cos(theta)
-    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # [B, 3, 3]
-    return torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+    jitter = ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=min(strength, 0.5))
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([jitter(img) for img in x]).clamp_(0, 1)
 
 
 def random_translate(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -142,9 +127,11 @@ def scar(img: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> tuple[t
     width, length = min(width, w), min(length, h)
     y1, x1 = _randint(gen, 0, h - length), _randint(gen, 0, w - width)
     piece = color_jitter(img[None, :, y1 : y1 + length, x1 : x1 + width], cfg.patch_jitter, gen)[0]  # [3, L, W]
-    piece = TF.rotate(piece, angle, interpolation=TF.InterpolationMode.BILINEAR, expand=True)
-    keep = torch.ones(1, length, width, device=img.device)
-    keep = TF.rotate(keep, angle, interpolation=TF.InterpolationMode.NEAREST, expand=True)[0] > 0.5  # [h', w']
+    # strip and its mask rotate together, nearest-neighbour (as PIL's RGBA rotate in the seed code): every pasted
+    # pixel is a pixel of the strip, none mixed with the zero fill
+    both = torch.cat([piece, torch.ones(1, length, width, dtype=piece.dtype, device=img.device)])  # [4, L, W]
+    both = TF.rotate(both, angle, interpolation=TF.InterpolationMode.NEAREST, expand=True, fill=0.0)
+    piece, keep = both[:3], both[3] > 0.5  # [3, h', w'], [h', w']
     ph, pw = keep.shape
     if ph > h or pw > w:  # only for images smaller than a rotated scar
         piece, keep = piece[:, :h, :w], keep[:h, :w]

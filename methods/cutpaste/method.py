@@ -68,6 +68,11 @@ class CutPaste:
         self.history: dict[str, list[dict]] = {}
         self.timings: dict[str, float] = {}
 
+    @property
+    def train_log(self) -> list[dict]:
+        """Logged training steps of both models: ``{"stage": "image"|"patch", "step", "loss", "acc", "lr"}``."""
+        return [{"stage": name, **entry} for name in ("image", "patch") for entry in self.history.get(name, [])]
+
     # ----------------------------------------------------------------- building blocks
     def _build_net(self, salt: int) -> CutPasteNet:
         bb = self.cfg.backbone
@@ -81,11 +86,14 @@ class CutPaste:
     def _train_config(self, n_train: int, patch: bool) -> TrainConfig:
         t, p = self.cfg.train, self.cfg.patch
         batch = int(p.batch_size or t.batch_size) if patch else int(t.batch_size)
-        steps = t.steps if t.steps is not None else int(t.epochs) * math.ceil(n_train / batch)
+        per_epoch = t.get("steps_per_epoch")
+        per_epoch = math.ceil(n_train / batch) if per_epoch is None else int(per_epoch)  # null: one pass
+        steps = t.steps if t.steps is not None else int(t.epochs) * per_epoch
         if patch and p.steps is not None:
             steps = p.steps
-        if int(steps) < 0 or batch < 1:
-            raise ConfigError(f"method.train.steps/epochs must be >= 0 and batch_size >= 1 (got {steps}, {batch})")
+        if int(steps) < 0 or batch < 1 or per_epoch < 1:
+            raise ConfigError(f"method.train.steps/epochs must be >= 0, batch_size and steps_per_epoch >= 1 "
+                              f"(got {steps}, {batch}, {per_epoch})")
         return TrainConfig(
             steps=int(steps), batch_size=batch, lr=float(t.lr), momentum=float(t.momentum),
             weight_decay=float(t.weight_decay), freeze_backbone_steps=int(t.freeze_backbone_steps),
@@ -190,7 +198,8 @@ class CutPaste:
         """Write ``cutpaste.pt``: config, both networks and both fitted densities."""
         if self.image_density is None:
             raise RuntimeError("CutPaste.save called before fit")
-        state = {"image_model": self.image_net.state_dict(), "image_density": self.image_density.state()}
+        state = {"image_model": self.image_net.state_dict(), "image_density": self.image_density.state(),
+                 "history": self.history}
         if self.patch_net is not None:
             state.update(patch_model=self.patch_net.state_dict(), patch_density=self.patch_density.state())
         save_method_state(Path(directory) / "cutpaste.pt", "cutpaste", CHECKPOINT_VERSION, self.cfg, **state)
@@ -203,6 +212,7 @@ class CutPaste:
         self = cls(cfg, ctx)
         self.image_net.load_state_dict(state["image_model"])
         self.image_density = density_from_state(str(cfg.density), state["image_density"])
+        self.history = dict(state.get("history", {}))
         if self.patch_net is not None:
             self.patch_net.load_state_dict(state["patch_model"])
             self.patch_density = density_from_state(str(cfg.density), state["patch_density"])
