@@ -440,9 +440,10 @@ def main(argv: list[str] | None = None) -> None:
 
     real = dict(dataset="mvtec", root=args.data, category=args.category, ratio=args.ratio, bank_dtype=args.bank_dtype,
                 bank_storage=args.bank_storage)
+    this_pass = {"started": result["started"], "machine": result["machine"]}
     if args.deploy_only:
-        if out.is_file():  # keep the sections this pass does not rerun
-            result = dict(json.loads(out.read_text()), machine=result["machine"])
+        if out.is_file():  # keep the sections (and their machine record) this pass does not rerun
+            result = json.loads(out.read_text())
         args.skip_real, args.sizes = True, ""
     deploy = []
     for dim in [0, args.paper_dim] if args.paper_dim else [0]:  # preset=cpu's width first
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
                 case.update(latency_images=0, throughput_batches=0)
             deploy.append(case_run(case, f"deploy mvtec/{category}" + (f" d={dim}" if dim else "")))
     if deploy:
-        result["deploy"] = {"started": result["started"], "cases": deploy}
+        result["deploy"] = dict(this_pass, cases=deploy)
     if not args.skip_real:
         result["runs"].append(case_run(dict(real, kind="ours"), f"ours mvtec/{args.category}"))
         if args.paper_dim:
@@ -477,9 +478,12 @@ def main(argv: list[str] | None = None) -> None:
                     ratio=ratio, bank_dtype=args.bank_dtype, bank_storage=args.bank_storage, embed_dim=args.paper_dim)
         label = f"ours synthetic/{size}" + (f" d={args.paper_dim}" if args.paper_dim else "")
         result["runs"].append(case_run(case, label + (f" r={ratio}" if ratio != args.ratio else "")))
-    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    result["machine"]["load_avg_end"] = os.getloadavg()[0]
-    out.write_text(json.dumps(result, indent=1))
+    section = result["deploy"] if args.deploy_only and deploy else result
+    section["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    section["machine"]["load_avg_end"] = os.getloadavg()[0]
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)  # atomic: an interrupted run leaves the previous file
     print_tables(result)
     print(f"\nwritten: {out}")
 

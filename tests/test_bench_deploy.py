@@ -24,3 +24,28 @@ def test_deploy_case_measures_latency_and_each_index(tmp_path, capsys):
     print_deploy({"cases": [r]})
     out = capsys.readouterr().out
     assert "batch 1 median ms" in out and "hnsw" in out and "ivf" in out and "deploy synthetic" in out
+
+
+def test_deploy_only_keeps_the_other_sections(tmp_path, monkeypatch, capsys):
+    import json
+
+    import adbench.bench as bench
+
+    out = tmp_path / "bench.json"
+    old = {"machine": {"cpus": 2, "threads": 2, "bandwidth_gb_s": 20.0}, "started": "then", "runs": [{"label": "x"}]}
+    out.write_text(json.dumps(old))
+    fake = {"category": "bottle", "embed_dim": 128, "bank_rows": 10, "latency_median_ms": 5.0, "latency_p95_ms": 6.0,
+            "throughput_img_s": 100.0, "indexes": [{"index": "flat", "search_s": 1.0,
+                                                    "metrics": {"image_auroc": 1.0, "pixel_auroc": 0.9, "aupro": 0.8}}]}
+    cases = []
+    monkeypatch.setattr(bench, "_child", lambda case, log: cases.append(case) or dict(fake))
+    monkeypatch.setattr(bench, "measure_bandwidth", lambda *a, **k: 1.0)
+    bench.main(["--deploy-only", "--out", str(out), "--deploy-categories", "bottle,transistor", "--paper-dim", "0",
+                "--data", str(tmp_path), "--feature-cache", str(tmp_path / "cache")])
+    new = json.loads(out.read_text())
+    assert new["runs"] == old["runs"] and new["machine"] == old["machine"] and new["started"] == "then"
+    assert [c["label"] for c in new["deploy"]["cases"]] == ["deploy mvtec/bottle", "deploy mvtec/transistor"]
+    assert new["deploy"]["machine"]["bandwidth_gb_s"] == 1.0 and "finished" in new["deploy"]
+    assert cases[0].get("latency_images") is None and cases[1]["latency_images"] == 0  # latency on --category only
+    assert cases[0]["feature_cache"] == str(tmp_path / "cache")
+    assert "deploy mvtec/transistor" in capsys.readouterr().out
