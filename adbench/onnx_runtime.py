@@ -55,6 +55,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     import onnx
 
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"checkpoint={path} is a folder; engine=onnxruntime needs FILE.onnx: export it first with "
+                          f"python -m adbench.export checkpoint={path} format=onnx output=FILE.onnx")
     if not p.is_file():
         raise ConfigError(f"checkpoint={path} not found; with engine=onnxruntime pass checkpoint=FILE.onnx written by "
                           f"python -m adbench.export")

@@ -89,6 +89,9 @@ def test_predict_cli_onnxruntime_engine(patchcore_onnx, small_synthetic_root, tm
     assert predict_main([f"checkpoint={onnx_file}", "engine=tensorrt", f"input={src}", f"output={tmp_path / 'x'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "engine=tensorrt" in err[0] and "onnxruntime" in err[0]
+    assert predict_main([f"checkpoint={ckpt}", "engine=onnxruntime", f"input={src}", f"output={tmp_path / 'y'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "python -m adbench.export" in err[0]
 
 
 def test_export_refuses_bad_format_and_unexportable_settings(patchcore_onnx, tmp_path, capsys):
