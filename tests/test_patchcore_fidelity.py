@@ -121,6 +121,14 @@ def test_broken_memory_bank_at_load_one_line_exit_2(saved_run, tmp_path, capsys,
         bank[3, 2] = float("nan")
         state["bank"] = bank
     torch.save(state, ckpt / "patchcore.pt")
+    # as if the run itself had written the broken bank: the manifest lists the file as it now is
+    import hashlib
+    import json
+
+    manifest = json.loads((ckpt / "adbench_checkpoint.json").read_text())
+    data = (ckpt / "patchcore.pt").read_bytes()
+    manifest["files"]["patchcore.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / "adbench_checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match="memory bank") as info:
         PatchCore.load(ckpt, RunContext(progress=False))
     assert str(ckpt / "patchcore.pt") in str(info.value) and "\n" not in str(info.value)
