@@ -30,8 +30,8 @@ h3{margin:1.2em 0 .3em;font-size:1.05em}
 .note{color:#555;font-size:.92em;margin:.3em 0}
 .grids{display:flex;flex-wrap:wrap;gap:14px 16px;align-items:flex-start}
 figure{margin:0}figcaption{font-weight:600;margin:.2em 0 .3em;font-size:.95em}
-table{border-collapse:collapse;font-size:.9em}
-td,th{border:1px solid #d6d6d6;padding:3px 7px;text-align:right;vertical-align:top}
+table{border-collapse:collapse;font-size:.86em}
+td,th{border:1px solid #d6d6d6;padding:3px 5px;text-align:right;vertical-align:top}
 th{background:#f3f3f3;font-weight:600}td.name,th.name{text-align:left;white-space:nowrap}
 tr.ref td.name{font-style:italic;color:#444}tr.ref:first-of-type td,tr.firstref td{border-top:2px solid #888}
 td .v{font-size:1.05em;font-weight:600}td .s{display:block;color:#555;font-size:.82em;white-space:nowrap}
@@ -108,7 +108,7 @@ def _grid(agg: pd.DataFrame, rows: list, cols: list, metric: str, pub: dict, sho
                 txt += f" <span class='s'>± {std:.1f} (n={n})</span>"
             p = pub.get((m, v, metric, c)) if d == "mvtec" else None
             if p is not None:
-                txt += f"<span class='s'>paper {p:.1f} · Δ {val - p:+.1f}</span>"
+                txt += f"<span class='s'>paper {p:.1f} (Δ {val - p:+.1f})</span>"
             ref = refs[(d, c)]
             if not is_ref and ref is not None and val <= ref:
                 txt += "<span class='s below'>≤ reference</span>"

@@ -197,7 +197,7 @@ def training_figure(series: Sequence[Mapping[str, Any]], title: str,
         ax.set_xlabel("step")
         ax.grid(alpha=0.25)
         vals = [e[key] for s in series for e in s["log"] if e["stage"] == stage and e.get(key) is not None]
-        if key == "loss" and vals and min(vals) > 0 and max(vals) / min(vals) > 30:
+        if key != "acc" and vals and min(vals) > 0 and max(vals) / min(vals) > 30:
             ax.set_yscale("log")
     fig.suptitle(title, x=0.01, ha="left", fontsize=14)
     fig.tight_layout(rect=(0, 0.1 + 0.06 * ((len(handles) - 1) // 4), 1, 1))

@@ -76,7 +76,7 @@ def test_overview_comes_first_with_published_figures_and_reference_rows(report):
     assert html.index("Overview") < html.index("Cost beside quality") < html.index("ROC and PRO") \
         < html.index("Training curves") < html.index("Best and worst")
     assert "MVTec AD categories run: 2 of 15; not run: carpet, grid," in html
-    assert "paper 100.0 · Δ -1.0" in html  # PatchCore 10 % bottle: 99.0 vs 100.0
+    assert "paper 100.0 (Δ -1.0)" in html  # PatchCore 10 % bottle: 99.0 vs 100.0
     assert "paper 98.3" in html and "± 1.0 (n=3)" in html  # CutPaste 3-way, three seeds
     assert "≤ reference" in html  # LoRA-MAE 80.0 below pixel Gaussian 90.0
     assert "<i>Reference</i>" in html and "mean image (ref.)" in html and "pixel Gaussian (ref.)" in html
