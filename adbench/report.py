@@ -66,7 +66,7 @@ def _rows(sel: pd.DataFrame) -> list[tuple[str, str]]:
     known = [m for m in TABLE_METHODS if m not in REFERENCE] + sorted(set(sel.method) - set(TABLE_METHODS))
     rows = [(m, v) for m in known for v in (variants_of(m) + sorted({v for mm, v in present if mm == m}))]
     rows = list(dict.fromkeys(r for r in rows if r in present))
-    return rows + [(m, v) for m in REFERENCE for v in variants_of(m) if (m, v) in present]
+    return rows + [(m, v) for m in REFERENCE for v in variants_of(m, sel) if (m, v) in present]
 
 
 def _columns(sel: pd.DataFrame) -> list[tuple[str, str]]:
@@ -244,8 +244,8 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
     pub = _published()
     parts.append("<h2>Overview</h2><p class='note'>Each cell: ours (percent), the published figure and the "
                  "difference where the paper gives one. <i>Reference</i> rows are baselines without a model (raw "
-                 "pixel statistics, the default 256 → 224 input); <span style='color:#b00020'>≤ reference</span> marks a "
-                 "method that does not beat the better of them. Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
+                 "pixel statistics, at the default 256 → 224 input and at every other input a method here uses); <span style='color:#b00020'>≤ reference</span> marks a "
+                 "method that does not beat the best of them (whatever their input). Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
     best = []
     for d, c in cols:
         picks = []

@@ -128,7 +128,17 @@ def variant_of(method: str, cfg: dict) -> str:
         return f"coreset {float(m.get('coreset', {}).get('ratio', 0)) * 100:g}%"
     if method == "cutpaste":
         return str(m.get("variant", ""))
+    if method in ("mean_image", "pixel_gaussian"):  # the reference baselines: one row per input geometry
+        return input_label(cfg.get("dataset", {}))
     return ""
+
+
+def input_label(dataset: dict) -> str:
+    """The input geometry of a run: '256→224 px' (resize, then centre crop) or '256 px' (no crop)."""
+    size, crop = dataset.get("image_size"), dataset.get("crop_size")
+    if size is None:
+        return ""
+    return f"{size}→{crop} px" if crop else f"{size} px"
 
 
 def load_runs(results_dir: str | Path) -> pd.DataFrame:

@@ -43,10 +43,13 @@ def test_sweeps_group_categories_by_seeds_and_run_references_once(tmp_path, caps
     assert seed_groups(seeds, first_only=True) == [([0], ["bottle", "transistor"])]
     cmds = run_sweeps(["cutpaste", "pixel_gaussian"], seeds, "cpu", tmp_path / "data", tmp_path / "r", dry_run=True)
     flat = [" ".join(c) for c in cmds]
-    assert len(cmds) == 3
+    # the reference runs once per input geometry of the table's methods (cpu: 256->224, LoRA-MAE 72->64, VAE 256)
+    assert len(cmds) == 5
     assert "category=bottle seed=0,1,2" in flat[0] and "method.variant=normal,scar,3way" in flat[0]
     assert "category=transistor seed=0 " in flat[1]
-    assert "method=pixel_gaussian" in flat[2] and "category=bottle,transistor seed=0 " in flat[2]
+    assert all("method=pixel_gaussian" in f and "category=bottle,transistor seed=0 " in f for f in flat[2:])
+    assert [f.split("dataset.image_size=")[1] for f in flat[2:]] == \
+        ["256 dataset.crop_size=224", "72 dataset.crop_size=64", "256 dataset.crop_size=null"]
     assert all("resume=true" in f for f in flat)
     only = run_sweeps(["patchcore", "cutpaste"], seeds, "cpu", tmp_path, tmp_path, dry_run=True, seed_methods=["cutpaste"])
     assert [" ".join(c).split("category=")[1].split(" resume")[0] for c in only] == \
@@ -81,6 +84,20 @@ def test_table_mean_std_over_seeds_reference_rows_and_defects(tmp_path):
     assert block.index("| bottle | LoRA-MAE") < block.index("| bottle | *pixel Gaussian (ref.)* | 98.7 |")
     assert "| *pixel Gaussian (ref.)* | 100.0 | – |" in md  # per-defect row, contamination not recorded
     assert "| method | bent_lead" not in md and "| method | misplaced |" in md
+
+
+def test_reference_rows_one_per_input_geometry(tmp_path):
+    def ref(size, crop, auc):
+        cfg = {"method": {"name": "pixel_gaussian"}, "dataset": {"name": "mvtec", "image_size": size,
+               "crop_size": crop}, "category": "bottle", "seed": 0, "preset": {"name": "cpu"}}
+        write_json_atomic(run_path(tmp_path, cfg), {"status": "ok", "config": cfg, "finished_at": "2026-11-29T10:00",
+                                                    "metrics": {"image_auroc": auc, "pixel_auroc": auc, "aupro": 0.5}})
+    ref(72, 64, 0.95)
+    ref(256, 224, 0.90)
+    table = build(tmp_path, "cpu", ["pixel_gaussian"])
+    rows = table[table.category == "bottle"]
+    assert list(rows.label) == ["pixel Gaussian (ref., 256→224 px)", "pixel Gaussian (ref., 72→64 px)"]
+    assert list(rows.pixel_auroc) == [90.0, 95.0]
 
 
 def test_cli_no_run_writes_tables_and_report(tmp_path):

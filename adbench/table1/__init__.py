@@ -37,8 +37,15 @@ SOURCES = {"patchcore": "PatchCore (Roth et al. 2022, Table S1; paper: WRN-50)",
            "pixel_gaussian": "Reference: per-pixel Gaussian z-score of raw pixels (no model)"}
 
 
-def variants_of(method: str) -> list[str]:
-    """The variant names a method has in the table ('' for single-variant methods)."""
+DEFAULT_INPUT = "256→224 px"  # the datamodule's default geometry, the reference baselines' first row
+
+
+def variants_of(method: str, present: "pd.DataFrame | None" = None) -> list[str]:
+    """The variant names a method has in the table ('' for single-variant methods). The reference baselines have
+    one variant per input geometry they were run at (``present``: the aggregated records), the default first."""
+    if method in REFERENCE:
+        seen = set() if present is None or present.empty else set(present[present.method == method].variant)
+        return [v for v in (DEFAULT_INPUT, *sorted(seen - {DEFAULT_INPUT})) if v in seen] or [DEFAULT_INPUT]
     if method == "patchcore":
         return [f"coreset {float(v) * 100:g}%" for v in VARIANTS["patchcore"][1]]
     return list(VARIANTS[method][1]) if method in VARIANTS else [""]
@@ -48,7 +55,9 @@ def label(method: str, variant: str = "") -> str:
     """Short display name: 'PatchCore 10%', 'CutPaste 3-way', 'pixel Gaussian (ref.)'."""
     name = NAMES.get(method, method)
     v = variant.replace("coreset ", "").replace("3way", "3-way")
-    return f"{name} {v}".strip() + (" (ref.)" if method in REFERENCE else "")
+    if method in REFERENCE:
+        return f"{name} (ref., {v})" if v else f"{name} (ref.)"
+    return f"{name} {v}".strip()
 
 
 def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
@@ -116,7 +125,7 @@ def build(results: Path, preset: str, methods: list[str]) -> pd.DataFrame:
     pub_img = pub[pub.metric == "image_auroc"]
     rows = []
     for method in methods:
-        for variant in variants_of(method):
+        for variant in variants_of(method, agg):
             cat_rows = []
             for cat in ORDER:
                 a = agg[(agg.method == method) & (agg.variant == variant) & (agg.category == cat)] \
@@ -171,7 +180,7 @@ def per_defect(results: Path, preset: str | None, methods: list[str], dataset: s
                              "defect": c[len("auroc_"):], "auroc": _pct(vals.mean()),
                              "auroc_std": _pct(vals.std(ddof=1)) if len(vals) > 1 else None, "n_runs": int(len(vals))})
     out = pd.DataFrame(rows, columns=cols)
-    rank = {(m, v): i for i, (m, v) in enumerate((m, v) for m in methods for v in variants_of(m))}
+    rank = {(m, v): i for i, (m, v) in enumerate((m, v) for m in methods for v in variants_of(m, runs))}
     out["_cat"] = out.category.map(lambda c: ORDER.index(c) if c in ORDER else len(ORDER))
     out["_row"] = [rank.get((m, v), len(rank)) for m, v in zip(out.method, out.variant)]
     return out.sort_values(["_cat", "category", "_row", "defect"], kind="stable").drop(columns=["_cat", "_row"]) \

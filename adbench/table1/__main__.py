@@ -56,6 +56,24 @@ def seed_groups(seeds: dict[str, list[int]], first_only: bool) -> list[tuple[lis
     return [(list(k), v) for k, v in groups.items()]
 
 
+def method_inputs(methods: list[str], preset: str) -> list[tuple[int, int | None]]:
+    """The dataset geometries (image_size, crop_size) the given methods run at under ``preset``, default first:
+    the reference baselines run at each, so every method has a baseline that saw the same pixels."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    out = [(256, 224)]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for m in methods:
+            if m in REFERENCE:
+                continue
+            d = compose(config_name="config", overrides=[f"method={m}", f"preset={preset}", "dataset=mvtec"]).dataset
+            geom = (int(d.image_size), int(d.crop_size) if d.crop_size else None)
+            if geom not in out:
+                out.append(geom)
+    return out
+
+
 def run_sweeps(methods: list[str], seeds: dict[str, list[int]], preset: str, data: Path, results: Path,
                dry_run: bool = False, seed_methods: list[str] | None = None) -> list[list[str]]:
     """Resumable Hydra multiruns: per method and seed group, over its categories and the method's variants.
@@ -71,6 +89,14 @@ def run_sweeps(methods: list[str], seeds: dict[str, list[int]], preset: str, dat
             if method in VARIANTS:
                 key, values = VARIANTS[method]
                 cmd.append(f"{key}={','.join(values)}")
+            if method in REFERENCE:  # one run per input geometry of the table's methods
+                for size, crop in method_inputs(list(TABLE_METHODS), preset):
+                    gcmd = cmd + [f"dataset.image_size={size}", f"dataset.crop_size={crop if crop else 'null'}"]
+                    cmds.append(gcmd)
+                    print("$ " + " ".join(gcmd[1:]), flush=True)
+                    if not dry_run:
+                        subprocess.run(gcmd, check=False)
+                continue
             cmds.append(cmd)
             print("$ " + " ".join(cmd[1:]), flush=True)
             if not dry_run:
