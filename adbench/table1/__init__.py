@@ -274,8 +274,8 @@ def to_markdown(table: pd.DataFrame, preset: str, command: str, defects: pd.Data
            "(sources cited there). '–': not run (or not published). Δ = ours − published image AUROC. "
            "Mean ± sample std over seeds where a variant has several (seeds column: runs and seeds); only the newest "
            "record of each variant, category and seed counts. *Reference* rows (no model) are the floor a method "
-           "has to clear; they run with the dataset's default transform (resize 256, crop 224), whatever input size a "
-           "method's preset uses.", "",
+           "has to clear; they run at the dataset's default input (resize 256, crop 224) and at every other input a "
+           "method's preset uses (e.g. 72→64 px): compare a method with the reference row of its own input.", "",
            f"Categories run: {', '.join(run) or 'none'} ({len(run)}/{len(ORDER)}). "
            f"Not run: {', '.join(missing) or 'none'}.", "",
            "## Categories run", "", summary_markdown(table), ""]
