@@ -85,11 +85,14 @@ def _grid(agg: pd.DataFrame, rows: list, cols: list, metric: str, pub: dict, sho
     head = "".join(f"<th>{html.escape(c if not show_ds else f'{d}/{c}')}</th>" for d, c in cols)
     out = [f"<figure><figcaption>{METRIC_NAMES[metric]} (%)</figcaption><div class='scroll'><table>"
            f"<tr><th class='name'>method</th>{head}</tr>"]
-    refs = {}
-    for d, c in cols:
+    def ref_best(d: str, c: str, inp: str | None) -> float | None:
+        """The better reference at input ``inp`` (a method is judged against baselines that saw its pixels);
+        the best at any input when none ran at that one."""
         vals = [agg.loc[(m, v, d, c), metric] for m, v in rows if m in REFERENCE and (m, v, d, c) in agg.index]
-        vals = [x for x in vals if x is not None and not pd.isna(x)]
-        refs[(d, c)] = max(vals) if vals else None
+        same = [agg.loc[(m, v, d, c), metric] for m, v in rows if m in REFERENCE and v == inp
+                and (m, v, d, c) in agg.index]
+        vals = [x for x in (same or vals) if x is not None and not pd.isna(x)]
+        return max(vals) if vals else None
     first_ref = True
     for m, v in rows:
         is_ref = m in REFERENCE
@@ -109,7 +112,7 @@ def _grid(agg: pd.DataFrame, rows: list, cols: list, metric: str, pub: dict, sho
             p = pub.get((m, v, metric, c)) if d == "mvtec" else None
             if p is not None:
                 txt += f"<span class='s'>paper {p:.1f} (Δ {val - p:+.1f})</span>"
-            ref = refs[(d, c)]
+            ref = None if is_ref else ref_best(d, c, agg.loc[key, "input"] if "input" in agg.columns else None)
             if not is_ref and ref is not None and val <= ref:
                 txt += "<span class='s below'>≤ reference</span>"
             cells.append(f"<td style='{_colour(val)}'>{txt}</td>")
@@ -245,7 +248,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
     parts.append("<h2>Overview</h2><p class='note'>Each cell: ours (percent), the published figure and the "
                  "difference where the paper gives one. <i>Reference</i> rows are baselines without a model (raw "
                  "pixel statistics, at the default 256 → 224 input and at every other input a method here uses); <span style='color:#b00020'>≤ reference</span> marks a "
-                 "method that does not beat the best of them (whatever their input). Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
+                 "method that does not beat the better of them at the method's own input. Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
     best = []
     for d, c in cols:
         picks = []

@@ -160,6 +160,7 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
                "category": cfg.get("category"), "seed": cfg.get("seed"),
                "preset": (cfg.get("preset") or {}).get("name"), "path": str(p)}
         row["variant"] = variant_of(row["method"] or "", cfg)
+        row["input"] = input_label(cfg.get("dataset", {}))
         row.update(rec.get("metrics", {}))
         for k in ("fit_s", "predict_s", "evaluate_s", "peak_rss_mb", "finished_at"):
             row[k] = rec.get(k)

@@ -109,6 +109,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
             row[m] = _pct(vals.mean()) if len(vals) else None
             row[f"{m}_std"] = _pct(vals.std(ddof=1)) if len(vals) > 1 else None
         row["n_runs"] = int(len(g))
+        row["input"] = g["input"].iloc[-1] if "input" in g else ""
         row["seeds"] = ",".join(str(s) for s in sorted(g.seed.dropna().astype(int).unique()))
         for k in ("fit_s", "predict_s", "peak_rss_mb"):
             row[k] = float(g[k].astype(float).mean()) if k in g and g[k].notna().any() else None
