@@ -120,10 +120,8 @@ def test_run_with_masks_reports_pixel_metrics(small_synthetic_root, tmp_path, ca
 @pytest.mark.parametrize("name", list_methods())
 def test_every_method_on_folder_without_masks(name, small_synthetic_root, tmp_path, capsys):
     """No masks: image-level metrics only, stated in the output and in the record; works for every method."""
-    if not (REPO / "conf" / "method_preset" / f"{name}_tiny.yaml").is_file():
-        pytest.skip(f"{name} has no tiny preset yet")
     dirs = make_folders(small_synthetic_root / "washer", tmp_path / "data", masks=False)
-    rec = run(compose_cfg([f"method={name}", *folder_overrides(dirs, tmp_path / "r")]))
+    rec = run(compose_cfg([f"method={name}", *folder_overrides(dirs, tmp_path / "r")]))  # preset=tiny
     out = capsys.readouterr().out
     assert "image metrics only" in out
     assert rec["pixel_metrics"] is False
