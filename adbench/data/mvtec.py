@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -14,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
 from .transforms import mask_array, output_size, transform_image, transform_mask
+
+T = TypeVar("T")
 
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
@@ -146,24 +149,24 @@ def _check_image(path: Path) -> tuple[int, int]:
         raise _unreadable(path, err) from None
 
 
-def load_image(path: Path) -> Image.Image:
-    """Decode an image fully, turning decoder failures into DataError naming the file."""
+def _decode(path: Path, convert: Callable[[Image.Image], T]) -> T:
+    """Decode ``path`` fully and ``convert`` it, turning decoder failures into DataError naming the file."""
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()
-            return to_8bit(img.copy())
+            return convert(img)
     except _DECODE_ERRORS as err:
         raise _unreadable(path, err) from None
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode an image fully -> 8-bit PIL image (DataError naming the file when it cannot be decoded)."""
+    return _decode(path, lambda img: to_8bit(img.copy()))
 
 
 def load_mask(path: Path) -> np.ndarray:
     """Decode a mask file -> bool [H, W]: every non-zero pixel is anomalous (0/1, 0/255, 16-bit, colour)."""
-    try:
-        with Image.open(path, formats=IMAGE_FORMATS) as img:
-            img.load()
-            return mask_array(img)
-    except _DECODE_ERRORS as err:
-        raise _unreadable(path, err) from None
+    return _decode(path, mask_array)
 
 
 def to_8bit(img: Image.Image) -> Image.Image:
