@@ -160,6 +160,7 @@ def check_patchcore(dm, device: torch.device, size: dict[str, Any], work: Path) 
     """Fit + predict with autocast and in float32; device coreset vs CPU; faiss search vs torch search."""
     from adbench.evaluate import compute_metrics
     from adbench.registry import get_method
+    from adbench.utils import seed_everything
     from methods.patchcore.coreset import greedy_coreset, project, select_coreset
 
     labels, masks, defect_types = dm.test_targets()
@@ -171,6 +172,7 @@ def check_patchcore(dm, device: torch.device, size: dict[str, Any], work: Path) 
         cfg = method_cfg("patchcore", {"backbone": {"name": "mobilenet_v2", "weights": weights},
                                        "layer_dim": size["embed_dim"], "embed_dim": size["embed_dim"], "amp": amp})
         _reset_peak(device)
+        seed_everything(0)  # without ImageNet weights both runs must start from the same random backbone
         m = get_method("patchcore")(cfg, _ctx(dm, device, work / f"patchcore_{label}"))
         t0 = time.perf_counter()
         m.fit(dm.train_dataloader())
