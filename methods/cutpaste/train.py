@@ -7,7 +7,6 @@ torch RNG state (dropout), so a resumed run continues exactly where the interrup
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 from adbench.data import denormalize, normalize
 from adbench.data.errors import ConfigError
-from adbench.utils import progress, torch_load
+from adbench.utils import progress, torch_load, torch_save_atomic
 
 from .augment import AugmentConfig, make_views
 from .model import CutPasteNet, set_train_mode
@@ -74,13 +73,6 @@ def random_crops(x: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tens
     return torch.stack([x[i, :, y : y + side, c : c + side] for i, (y, c) in enumerate(zip(ys, xs))])
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_cutpaste(model: CutPasteNet, images: torch.Tensor, cfg: TrainConfig, *, seed: int, salt: int,
                    device: torch.device, frozen_bn: list[str], checkpoint: Path | None = None,
                    fingerprint: str = "", desc: str = "cutpaste: train", show_progress: bool = True,
@@ -113,7 +105,7 @@ def train_cutpaste(model: CutPasteNet, images: torch.Tensor, cfg: TrainConfig, *
 
     def save(step: int) -> None:
         if checkpoint is not None:
-            _save_atomic({"method": "cutpaste-train", "version": TRAIN_CHECKPOINT_VERSION, "fingerprint": fingerprint,
+            torch_save_atomic({"method": "cutpaste-train", "version": TRAIN_CHECKPOINT_VERSION, "fingerprint": fingerprint,
                           "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history": history},
                          checkpoint)
