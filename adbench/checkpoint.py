@@ -23,6 +23,7 @@ from .data.errors import ConfigError
 from .data.transforms import output_size
 from .registry import get_method, list_methods
 from .results import package_versions
+from .tiling import TiledMethod, Tiling
 from .utils import disk_full, write_dir_atomic
 
 MANIFEST = "adbench_checkpoint.json"
@@ -61,6 +62,7 @@ def write_checkpoint(directory: str | Path, method: Any, cfg: DictConfig, ctx: R
     files are not. Raises OSError when a write fails (``directory`` is then untouched).
     """
     out = Path(directory)
+    tiling = Tiling.from_cfg(cfg.dataset.get("tiling"))
     old_files = set()
     try:
         old_files = set((json.loads((out / MANIFEST).read_text()) or {}).get("files") or {})
@@ -85,9 +87,10 @@ def write_checkpoint(directory: str | Path, method: Any, cfg: DictConfig, ctx: R
             "dataset": str(cfg.dataset.name),
             "category": str(cfg.category),
             "seed": int(cfg.seed),
-            "image_size": int(cfg.dataset.image_size),
+            "image_size": int(cfg.dataset.image_size) if cfg.dataset.image_size is not None else None,
             "crop_size": int(cfg.dataset.crop_size) if cfg.dataset.crop_size else None,
-            "out_size": list(ctx.image_size),
+            "out_size": list(ctx.image_size),  # what the method sees (a tile with tiling)
+            "tiling": tiling.to_dict() if tiling else None,
             "is_texture": bool(ctx.is_texture),
             "grayscale": bool(ctx.grayscale),
             "calibrated": calibration is not None,
@@ -159,13 +162,17 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         try:
             manifest = {"format": FORMAT, "method": str(cfg.method.name), "dataset": str(cfg.dataset.name),
                         "category": str(cfg.category), "seed": int(cfg.seed),
-                        "image_size": int(cfg.dataset.image_size),
+                        "image_size": int(cfg.dataset.image_size) if cfg.dataset.image_size is not None else None,
                         "crop_size": int(cfg.dataset.crop_size) if cfg.dataset.crop_size else None,
                         "is_texture": False, "grayscale": False}
         except Exception as err:  # noqa: BLE001 - any missing or malformed key
             raise ConfigError(f"{d / CONFIG} is not an adbench run config ({type(err).__name__}); retrain with "
                               f"save_model=true") from None
-        manifest["out_size"] = list(output_size(manifest["image_size"], manifest["crop_size"]))
+        out = output_size(manifest["image_size"], manifest["crop_size"])
+        if out is None:
+            raise ConfigError(f"{d / CONFIG} has dataset.image_size=null and no {MANIFEST}; retrain with "
+                              f"save_model=true")
+        manifest["out_size"] = list(out)
     else:
         raise ConfigError(f"checkpoint={directory} is not an adbench checkpoint (no {MANIFEST} or {CONFIG} in it); "
                           f"pass the folder a run with save_model=true wrote")
@@ -228,4 +235,10 @@ def load_checkpoint(directory: str | Path, device: Any = "cpu", method: str | No
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise ConfigError(f"checkpoint {d} could not be loaded ({type(err).__name__}: {first}); retrain with "
                           f"save_model=true") from None
+    try:
+        tiling = Tiling.from_dict(manifest.get("tiling"))
+    except (TypeError, KeyError, ValueError):
+        raise ConfigError(f"{d / MANIFEST} is corrupt (bad tiling entry); retrain with save_model=true") from None
+    if tiling is not None:  # fitted on tiles: scored on tiles, maps stitched at each image's size
+        model = TiledMethod(model, tiling, batch_size=int((cfg.get("dataset") or {}).get("batch_size", 8) or 8))
     return model, manifest, cfg, Calibration.load(d)

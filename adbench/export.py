@@ -33,6 +33,7 @@ from .checkpoint import load_checkpoint
 from .data.errors import ConfigError
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .registry import list_methods
+from .tiling import TiledMethod
 
 _EXPORTERS: dict[str, Callable[[Any], nn.Module]] = {}
 FORMATS = ("onnx",)
@@ -135,7 +136,8 @@ def metadata(manifest: dict[str, Any], calibration: Any, note: str, calibrated: 
         "method": str(manifest["method"]),
         "category": str(manifest.get("category", "")),
         "input_size": json.dumps(out_size),  # [H, W] of the graph's input and map
-        "image_size": str(manifest.get("image_size", out_size[0])),  # resize of the shorter side, before the crop
+        "image_size": json.dumps(manifest.get("image_size", out_size[0])),  # the resize before the crop; null: none
+        "tiling": json.dumps(manifest.get("tiling")),  # {"size", "stride"}: the graph scores tiles, stitch them
         "crop_size": json.dumps(manifest.get("crop_size")),
         "normalisation": json.dumps({"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                                      "scale": "RGB in [0, 1], then (x - mean) / std"}),
@@ -156,7 +158,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17) -> 
 
     model, manifest, _cfg, calibration = load_checkpoint(checkpoint, "cpu")
     name = str(manifest["method"])
-    module = export_module(model, name)
+    module = export_module(model.method if isinstance(model, TiledMethod) else model, name)  # tiled: the tile model
     h, w = (int(v) for v in manifest["out_size"])
     example = torch.zeros(2, 3, h, w)
     out = Path(output)

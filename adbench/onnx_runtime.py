@@ -23,6 +23,7 @@ from .api import Prediction
 from .calibration import Calibration
 from .data.errors import ConfigError
 from .predict import Detector
+from .tiling import TiledMethod, Tiling
 
 
 class OrtModel:
@@ -83,9 +84,13 @@ class OnnxDetector(Detector):
                               f"drop method=")
         self.metadata = meta
         self.model = OrtModel(Path(path), threads)
+        tiling = Tiling.from_dict(json.loads(meta.get("tiling", "null")))
+        if tiling is not None:  # the graph scores tiles: cut, score, stitch as the torch model does
+            self.model = TiledMethod(self.model, tiling, batch_size=int(batch_size or 8))
         self.checkpoint = Path(path)
         self.method_name = meta["method"]
-        self.image_size = int(meta["image_size"])
+        size = json.loads(meta["image_size"])
+        self.image_size = int(size) if size is not None else None
         self.crop_size = json.loads(meta.get("crop_size", "null"))
         self.manifest: dict[str, Any] = {"method": self.method_name, "out_size": json.loads(meta["input_size"])}
         self.cfg = None

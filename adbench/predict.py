@@ -96,7 +96,8 @@ class Detector:
             checkpoint, self.device, method=method, progress=progress)
         self.checkpoint = Path(checkpoint)
         self.method_name = str(self.manifest["method"])
-        self.image_size = int(self.manifest["image_size"])
+        size = self.manifest.get("image_size")
+        self.image_size = int(size) if size is not None else None  # None: each image scored at its own size (tiling)
         self.crop_size = self.manifest.get("crop_size")
         default_bs = self.cfg.get("dataset", {}).get("batch_size", 8) if self.cfg else 8
         self.batch_size = int(batch_size or default_bs)
@@ -173,16 +174,23 @@ class Detector:
     def score(self, images: list[torch.Tensor], paths: list[str | None]) -> list[Result]:
         """Score already transformed images ([3, H, W] each, from :meth:`load_file`)."""
         names = [p or f"image_{i:05d}" for i, p in enumerate(paths)]
-        loader = DataLoader(_Items(images, names), batch_size=self.batch_size, shuffle=False)
-        pred = self.model.predict(loader)
-        check_scores(pred, self.method_name, names, "the input images")
+        by_size: dict[tuple[int, ...], list[int]] = {}  # images of one size per call (sizes differ only with tiling)
+        for i, img in enumerate(images):
+            by_size.setdefault(tuple(img.shape[-2:]), []).append(i)
+        scored: dict[int, tuple[float, np.ndarray]] = {}
+        for idx in by_size.values():
+            loader = DataLoader(_Items([images[i] for i in idx], [names[i] for i in idx]), batch_size=self.batch_size,
+                                shuffle=False)
+            pred = self.model.predict(loader)
+            check_scores(pred, self.method_name, [names[i] for i in idx], "the input images")
+            scored.update({i: (float(pred.image_scores[k]), pred.anomaly_maps[k]) for k, i in enumerate(idx)})
         thr = self.threshold
         results = []
         for i, img in enumerate(images):
             rgb = (denormalize(img).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            score = float(pred.image_scores[i])
+            score, amap = scored[i]
             results.append(Result(score=score, anomalous=None if thr is None else bool(score > thr), threshold=thr,
-                                  anomaly_map=pred.anomaly_maps[i], image=rgb, path=paths[i]))
+                                  anomaly_map=amap, image=rgb, path=paths[i]))
         return results
 
     def overlay(self, r: Result) -> Image.Image:

@@ -26,6 +26,9 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 def config_hash(cfg: dict[str, Any]) -> str:
     """Stable 12-hex-digit hash of a resolved config (sorted JSON, volatile keys removed)."""
     core = {k: v for k, v in cfg.items() if k not in VOLATILE_KEYS}
+    dataset = core.get("dataset")
+    if isinstance(dataset, dict) and "tiling" in dataset and not (dataset["tiling"] or {}).get("size"):
+        core["dataset"] = {k: v for k, v in dataset.items() if k != "tiling"}  # off = absent: older hashes hold
     blob = json.dumps(core, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -136,9 +139,11 @@ def variant_of(method: str, cfg: dict) -> str:
 def input_label(dataset: dict) -> str:
     """The input geometry of a run: '256→224 px' (resize, then centre crop) or '256 px' (no crop)."""
     size, crop = dataset.get("image_size"), dataset.get("crop_size")
-    if size is None:
+    tiles = (dataset.get("tiling") or {}).get("size")
+    if size is None and not tiles:
         return ""
-    return f"{size}→{crop} px" if crop else f"{size} px"
+    label = ("native" if size is None else f"{size}→{crop}" if crop else f"{size}") + " px"
+    return f"{label}, {tiles} px tiles" if tiles else label
 
 
 def load_runs(results_dir: str | Path) -> pd.DataFrame:

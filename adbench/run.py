@@ -24,6 +24,7 @@ from .evaluate import compute_metrics, metric_curves
 from .registry import get_method, list_methods
 from .results import (clean_metrics, config_hash, failure_path, git_commit, package_versions, read_record, run_path,
                       warn, write_json_atomic)
+from .tiling import TiledMethod, Tiling
 from .trainlog import check_logger, record_log, tensorboard_dir, write_tensorboard
 from .utils import ensure_writable_dir, peak_rss_mb, resolve_device, seed_everything, write_dir_atomic, write_failed
 
@@ -40,7 +41,8 @@ def build_datamodule(cfg: DictConfig) -> MVTecDataModule:
     if d.name == "synthetic":
         g = d.generator
         return SyntheticDataModule(**common, generator_seed=g.seed, n_train=g.n_train, n_test_good=g.n_test_good,
-                                   n_per_defect=g.n_per_defect, synth_size=g.size)
+                                   n_per_defect=g.n_per_defect, synth_size=g.size,
+                                   defect_scale=g.get("defect_scale", 1.0))
     if d.name == "folder":
         from .data.folder import FolderDataModule
 
@@ -172,6 +174,7 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
     cal = cfg.get("calibration") or {}
     holdout, quantile = float(cal.get("holdout", 0.0)), float(cal.get("quantile", 0.99))
     check_options(holdout, quantile)
+    tiling = Tiling.from_cfg(cfg.dataset.get("tiling"))
     dm = build_datamodule(cfg).setup()
     # normal training images held out to calibrate the decision threshold (never the test labels)
     dm.train_samples, calib_samples = split_holdout(dm.train_samples, holdout, int(cfg.seed))
@@ -180,13 +183,21 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
         print("no masks (dataset.mask_dir not set): image metrics only; pixel_auroc and aupro are not computed")
     rel = out_path.relative_to(results_dir / "runs").with_suffix("")
     work_dir = results_dir / "checkpoints" / rel
+    if tiling is None and dm.out_size is None:
+        raise ConfigError("dataset.image_size=null (every image at its own size) needs tiling: set "
+                          "dataset.tiling.size=N (e.g. 256), or set dataset.image_size=N")
+    if tiling is not None and dm.out_size is not None:
+        tiling.boxes(*dm.out_size)  # a tile larger than the images: one line now, not after loading the data
+    data_id = [str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()), str(cfg.category), dm.image_size,
+               dm.crop_size] + ([tiling.to_dict()] if tiling else [])
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,
-                     grayscale=dm.grayscale, image_size=dm.out_size, work_dir=work_dir,
-                     progress=bool(cfg.get("progress", True)),
+                     grayscale=dm.grayscale, image_size=(tiling.size, tiling.size) if tiling else dm.out_size,
+                     work_dir=work_dir, progress=bool(cfg.get("progress", True)),
                      feature_cache=Path(cfg.feature_cache) if cfg.get("feature_cache") else None,
-                     data_id=json.dumps([str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()),
-                                         str(cfg.category), dm.image_size, dm.crop_size]))
+                     data_id=json.dumps(data_id))
     method = get_method(method_name)(cfg.method, ctx)
+    if tiling is not None:  # the method sees tiles; the harness sees whole images
+        method = TiledMethod(method, tiling, batch_size=int(cfg.dataset.batch_size))
     return RunSetup(cfg=cfg, resolved=resolved, method_name=method_name, results_dir=results_dir, out_path=out_path,
                     work_dir=work_dir, maps_dir=results_dir / "maps" / rel, dm=dm, calib_samples=calib_samples,
                     has_masks=has_masks, ctx=ctx, method=method)

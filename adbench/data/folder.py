@@ -70,7 +70,7 @@ class FolderDataModule(MVTecDataModule):
                  test_normal_dir: str | Path | None = None, mask_dir: str | Path | None = None,
                  root: str | Path | None = None, category: str = "custom", test_split: float = 0.2,
                  split_seed: int = 0, is_texture: bool = False, grayscale: bool | str = "auto",
-                 image_size: int = 256, crop_size: int | None = 224, batch_size: int = 32, num_workers: int = 0,
+                 image_size: int | None = 256, crop_size: int | None = 224, batch_size: int = 32, num_workers: int = 0,
                  check: bool = True) -> None:
         super().__init__(root or ".", category, image_size, crop_size, batch_size, num_workers, check)
         self.dirs = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "test_normal_dir": test_normal_dir,

@@ -187,7 +187,7 @@ class AnomalyDataset(Dataset):
     With ``with_labels=False`` only ``image`` and ``path`` are returned: that is what a method sees at test time.
     """
 
-    def __init__(self, samples: list[Sample], image_size: int = 256, crop_size: int | None = 224,
+    def __init__(self, samples: list[Sample], image_size: int | None = 256, crop_size: int | None = 224,
                  with_labels: bool = True) -> None:
         self.samples = list(samples)
         self.image_size = image_size
@@ -198,8 +198,16 @@ class AnomalyDataset(Dataset):
         return len(self.samples)
 
     @property
-    def out_size(self) -> tuple[int, int]:
+    def out_size(self) -> tuple[int, int] | None:
+        """(H, W) of every item; None when images keep their own sizes (``image_size`` None, no crop)."""
         return output_size(self.image_size, self.crop_size)
+
+    def item_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of item ``i`` (read from the file header when images keep their own sizes)."""
+        if self.out_size is not None:
+            return self.out_size
+        with Image.open(self.samples[i].path) as img:
+            return (img.height, img.width)
 
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
@@ -212,13 +220,17 @@ class AnomalyDataset(Dataset):
     def mask(self, i: int) -> torch.Tensor:
         s = self.samples[i]
         if s.mask_path is None:
-            return torch.zeros(self.out_size, dtype=torch.uint8)
+            return torch.zeros(self.item_size(i), dtype=torch.uint8)
         return transform_mask(load_mask(s.mask_path), self.image_size, self.crop_size)
 
     def targets(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Ground truth for the evaluator: labels [N], masks [N, H, W] (bool), defect types."""
         labels = np.array([s.label for s in self.samples], dtype=np.int64)
-        masks = np.zeros((len(self.samples), *self.out_size), dtype=bool)
+        sizes = {self.item_size(i) for i in range(len(self.samples))}
+        if len(sizes) > 1:
+            raise DataError(f"the test images have {len(sizes)} different sizes ({', '.join(map(str, sorted(sizes)[:4]))}"
+                            f"); the evaluator needs one: set dataset.image_size=N")
+        masks = np.zeros((len(self.samples), *(sizes.pop() if sizes else (0, 0))), dtype=bool)
         for i, s in enumerate(self.samples):
             if s.mask_path is not None:
                 masks[i] = self.mask(i).numpy().astype(bool)
@@ -231,11 +243,11 @@ class MVTecDataModule:
     known_categories: tuple[str, ...] = CATEGORIES
     how_to_get = f"download MVTec AD from {MVTEC_URL} (or run `python -m adbench.data download --root DIR`) and pass dataset.root=DIR"
 
-    def __init__(self, root: str | Path, category: str, image_size: int = 256, crop_size: int | None = 224,
+    def __init__(self, root: str | Path, category: str, image_size: int | None = 256, crop_size: int | None = 224,
                  batch_size: int = 32, num_workers: int = 0, check: bool = True) -> None:
         self.root = Path(root)
         self.category = category
-        self.image_size = int(image_size)
+        self.image_size = int(image_size) if image_size is not None else None  # None: each image keeps its size
         self.crop_size = int(crop_size) if crop_size else None
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -252,7 +264,7 @@ class MVTecDataModule:
         return self.category in GRAYSCALE
 
     @property
-    def out_size(self) -> tuple[int, int]:
+    def out_size(self) -> tuple[int, int] | None:
         return output_size(self.image_size, self.crop_size)
 
     def prepare(self) -> None:

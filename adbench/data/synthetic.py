@@ -53,9 +53,11 @@ def _region(category: str, size: int) -> tuple[float, float, float, float]:
     return size / 2, size / 2, 0.0, size * 0.4
 
 
-def _defect(rng: np.random.Generator, img: np.ndarray, kind: str, category: str) -> tuple[np.ndarray, np.ndarray]:
-    """Paint one defect of ``kind``; returns (image, mask) with mask exactly the painted pixels."""
+def _defect(rng: np.random.Generator, img: np.ndarray, kind: str, category: str,
+            scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one defect of ``kind``, its size times ``scale``; returns (image, mask), mask = the painted pixels."""
     size = img.shape[0]
+    d = size * scale  # defect sizes are fractions of this
     cy, cx, rmin, rmax = _region(category, size)
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
@@ -63,17 +65,17 @@ def _defect(rng: np.random.Generator, img: np.ndarray, kind: str, category: str)
     dist = rng.uniform(rmin, rmax)
     y0, x0 = cy + dist * np.sin(ang), cx + dist * np.cos(ang)
     if kind == "scratch":
-        length = rng.uniform(size * 0.12, size * 0.25)
+        length = rng.uniform(d * 0.12, d * 0.25)
         theta = rng.uniform(0, np.pi)
         dx, dy = length / 2 * np.cos(theta), length / 2 * np.sin(theta)
-        draw.line([(x0 - dx, y0 - dy), (x0 + dx, y0 + dy)], fill=255, width=int(rng.integers(3, 6)))
+        draw.line([(x0 - dx, y0 - dy), (x0 + dx, y0 + dy)], fill=255, width=max(1, round(int(rng.integers(3, 6)) * scale)))
         colour = np.array([0.95, 0.95, 0.95]) if rng.random() < 0.5 else np.array([0.02, 0.02, 0.02])
     elif kind == "spot":
-        rx, ry = rng.uniform(size * 0.03, size * 0.07, size=2)
+        rx, ry = rng.uniform(d * 0.03, d * 0.07, size=2)
         draw.ellipse([x0 - rx, y0 - ry, x0 + rx, y0 + ry], fill=255)
         colour = np.array([0.75, 0.15, 0.1]) * rng.uniform(0.8, 1.1)
     elif kind == "patch":
-        w, h = rng.uniform(size * 0.06, size * 0.12, size=2)
+        w, h = rng.uniform(d * 0.06, d * 0.12, size=2)
         draw.rectangle([x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2], fill=255)
         colour = None
     else:
@@ -93,8 +95,9 @@ def _save(img: np.ndarray, path: Path) -> None:
 
 
 def generate_category(root: str | Path, category: str, seed: int = 0, size: int = 256, n_train: int = 60,
-                      n_test_good: int = 20, n_per_defect: int = 10) -> Path:
-    """Write one synthetic category under ``root/category`` (replacing any previous copy)."""
+                      n_test_good: int = 20, n_per_defect: int = 10, defect_scale: float = 1.0) -> Path:
+    """Write one synthetic category under ``root/category`` (replacing any previous copy). ``defect_scale`` < 1
+    paints smaller defects (e.g. 0.25 at size 1024: spots of 8-18 px radius, which a resize to 256 all but erases)."""
     if category not in SYNTHETIC_CATEGORIES:
         raise ValueError(f"unknown synthetic category {category!r}; known: {', '.join(SYNTHETIC_CATEGORIES)}")
     cdir = Path(root) / category
@@ -112,11 +115,13 @@ def generate_category(root: str | Path, category: str, seed: int = 0, size: int 
         (cdir / "test" / kind).mkdir(parents=True)
         (cdir / "ground_truth" / kind).mkdir(parents=True)
         for i in range(n_per_defect):
-            img, mask = _defect(rng, make(rng, size), kind, category)
+            img, mask = _defect(rng, make(rng, size), kind, category, defect_scale)
             _save(img, cdir / "test" / kind / f"{i:03d}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(cdir / "ground_truth" / kind / f"{i:03d}_mask.png")
     params = dict(version=GENERATOR_VERSION, seed=seed, size=size, n_train=n_train, n_test_good=n_test_good,
                   n_per_defect=n_per_defect)
+    if defect_scale != 1.0:  # absent at 1: folders generated before the option stay valid
+        params["defect_scale"] = defect_scale
     (cdir / _MARKER).write_text(json.dumps(params))  # written last: marks a complete category
     return cdir
 
@@ -128,6 +133,8 @@ def ensure_category(root: str | Path, category: str, seed: int = 0, **kwargs: in
     if marker.is_file():
         params = json.loads(marker.read_text())
         wanted = dict(version=GENERATOR_VERSION, seed=seed, **kwargs)
+        if wanted.get("defect_scale", 1.0) == 1.0:
+            wanted.pop("defect_scale", None)
         if all(params.get(k) == v for k, v in wanted.items()):
             return cdir
     return generate_category(root, category, seed=seed, **kwargs)
@@ -140,10 +147,10 @@ class SyntheticDataModule(MVTecDataModule):
     how_to_get = "it is generated automatically; pass dataset.root=DIR to choose where"
 
     def __init__(self, *args, generator_seed: int = 0, n_train: int = 60, n_test_good: int = 20,
-                 n_per_defect: int = 10, synth_size: int = 256, **kwargs) -> None:
+                 n_per_defect: int = 10, synth_size: int = 256, defect_scale: float = 1.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gen = dict(seed=int(generator_seed), n_train=int(n_train), n_test_good=int(n_test_good),
-                        n_per_defect=int(n_per_defect), size=int(synth_size))
+                        n_per_defect=int(n_per_defect), size=int(synth_size), defect_scale=float(defect_scale))
 
     @property
     def is_texture(self) -> bool:

@@ -11,16 +11,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def output_size(image_size: int, crop_size: int | None) -> tuple[int, int]:
-    """(H, W) of images and masks after :func:`transform_image`."""
+def output_size(image_size: int | None, crop_size: int | None) -> tuple[int, int] | None:
+    """(H, W) of images and masks after :func:`transform_image`; None when it depends on the image
+    (``image_size`` None: each image keeps its own size)."""
     side = crop_size if crop_size else image_size
-    return (side, side)
+    return None if side is None else (int(side), int(side))
 
 
-def transform_image(img: Image.Image, image_size: int, crop_size: int | None) -> torch.Tensor:
-    """PIL image (any mode) -> normalised float tensor [3, H, W]."""
+def transform_image(img: Image.Image, image_size: int | None, crop_size: int | None) -> torch.Tensor:
+    """PIL image (any mode) -> normalised float tensor [3, H, W]; ``image_size`` None keeps the image's size."""
     img = img.convert("RGB")  # grayscale and RGBA inputs become 3-channel
-    img = TF.resize(img, [image_size, image_size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    if image_size is not None:
+        img = TF.resize(img, [image_size, image_size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     if crop_size:
         img = TF.center_crop(img, [crop_size, crop_size])
     x = TF.to_tensor(img)  # [3, H, W] in [0, 1]
@@ -40,7 +42,7 @@ def mask_array(mask: Image.Image) -> np.ndarray:
     return np.asarray(mask.convert("RGB")).any(axis=-1)
 
 
-def transform_mask(mask: Image.Image | np.ndarray, image_size: int, crop_size: int | None) -> torch.Tensor:
+def transform_mask(mask: Image.Image | np.ndarray, image_size: int | None, crop_size: int | None) -> torch.Tensor:
     """Mask (PIL image or bool array [H, W]) -> binary uint8 tensor [H, W].
 
     Binarised first (:func:`mask_array`: any non-zero pixel is anomalous), then nearest-neighbour resized and
@@ -48,7 +50,8 @@ def transform_mask(mask: Image.Image | np.ndarray, image_size: int, crop_size: i
     """
     m = mask if isinstance(mask, np.ndarray) else mask_array(mask)
     img = Image.fromarray(m.astype(np.uint8) * 255)
-    img = TF.resize(img, [image_size, image_size], interpolation=TF.InterpolationMode.NEAREST)
+    if image_size is not None:
+        img = TF.resize(img, [image_size, image_size], interpolation=TF.InterpolationMode.NEAREST)
     if crop_size:
         img = TF.center_crop(img, [crop_size, crop_size])
     return torch.from_numpy((np.asarray(img) > 0).astype(np.uint8))

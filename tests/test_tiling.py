@@ -1,0 +1,240 @@
+"""Tiling: tile geometry, cut/stitch, the TiledMethod adapter, every method tiled end to end, a high-resolution
+synthetic category where tiling finds small defects that a resize misses, and prediction at unseen sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adbench.api import Prediction
+from adbench.data.errors import ConfigError
+from adbench.registry import list_methods
+from adbench.results import config_hash
+from adbench.run import run
+from adbench.tiling import TiledMethod, TileDataset, Tiling, cut, stitch
+
+from .conftest import compose_cfg, small_synthetic_overrides
+
+
+def test_boxes_cover_the_image_and_end_at_the_edges():
+    t = Tiling(64, 48)
+    assert t.origins(64) == [0]
+    assert t.origins(128) == [0, 48, 64]  # the last tile is moved back to end at the edge
+    assert t.origins(160) == [0, 48, 96]
+    boxes = t.boxes(100, 130)
+    covered = np.zeros((100, 130), dtype=int)
+    for y, x in boxes:
+        covered[y:y + 64, x:x + 64] += 1
+    assert covered.min() >= 1 and max(y for y, _ in boxes) == 36 and max(x for _, x in boxes) == 66
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"size": 4, "stride": None}, "dataset.tiling.size=4"),
+    ({"size": 64, "stride": 80}, "dataset.tiling.stride=80"),
+    ({"size": 64, "stride": 0}, "dataset.tiling.stride=0"),
+    ({"size": "big", "stride": None}, "dataset.tiling.size='big'"),
+])
+def test_bad_tiling_options_are_one_line_errors(node, message):
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Tiling.from_cfg(OmegaConf.create(node))
+
+
+def test_tiling_off_and_default_stride():
+    from omegaconf import OmegaConf
+
+    assert Tiling.from_cfg(None) is None
+    assert Tiling.from_cfg(OmegaConf.create({"size": None, "stride": 32})) is None
+    assert Tiling.from_cfg(OmegaConf.create({"size": 32, "stride": None})) == Tiling(32, 32)
+    with pytest.raises(ConfigError, match="smaller than dataset.tiling.size=64"):
+        Tiling(64, 64).boxes(48, 100)
+
+
+def test_cut_then_stitch_gives_the_image_back_and_overlaps_are_averaged():
+    x = torch.arange(100 * 130, dtype=torch.float32).reshape(1, 100, 130)
+    t = Tiling(64, 40)
+    boxes = t.boxes(100, 130)
+    tiles = cut(x, boxes, 64)  # [T, 1, 64, 64]
+    assert tiles.shape == (len(boxes), 1, 64, 64)
+    assert np.array_equal(stitch(tiles[:, 0].numpy(), boxes, (100, 130)), x[0].numpy())
+    # each tile's map = its index: a pixel in k tiles gets the mean of their indices
+    maps = np.stack([np.full((64, 64), float(k)) for k in range(len(boxes))])
+    out = stitch(maps, boxes, (100, 130))
+    total, count = np.zeros((100, 130)), np.zeros((100, 130))
+    for k, (y, xx) in enumerate(boxes):
+        total[y:y + 64, xx:xx + 64] += k
+        count[y:y + 64, xx:xx + 64] += 1
+    assert np.allclose(out, total / count)
+    assert len(np.unique(count)) > 1  # the case has overlaps
+
+
+class _EchoMethod:
+    """Map = the tile's first channel, score = its maximum: stitching must give the image back."""
+
+    def __init__(self):
+        self.fitted_on: list[tuple[int, ...]] = []
+        self.paths: list[str] = []
+
+    def fit(self, loader):
+        for b in loader:
+            self.fitted_on.append(tuple(b["image"].shape))
+            self.paths += list(b["path"])
+
+    def predict(self, loader):
+        maps = torch.cat([b["image"][:, 0] for b in loader])  # [T, s, s]
+        return Prediction(maps.flatten(1).max(1).values.numpy(), maps.numpy())
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "path": f"img{i}.png"}
+
+
+def test_tiled_method_fits_on_tiles_and_stitches_maps_at_each_image_size():
+    g = torch.Generator().manual_seed(0)
+    train = [torch.rand(3, 100, 130, generator=g) for _ in range(3)]
+    inner = _EchoMethod()
+    tm = TiledMethod(inner, Tiling(64, 40), batch_size=5, images_per_call=2)
+    tm.fit(torch.utils.data.DataLoader(_Images(train), batch_size=4))
+    n_tiles = len(Tiling(64, 40).boxes(100, 130))
+    assert sum(s[0] for s in inner.fitted_on) == 3 * n_tiles and all(s[1:] == (3, 64, 64) for s in inner.fitted_on)
+    assert len(set(inner.paths)) == 3 * n_tiles  # one name per tile (feature caches key on it)
+    test = [torch.rand(3, 100, 130, generator=g) for _ in range(5)]
+    pred = tm.predict(torch.utils.data.DataLoader(_Images(test), batch_size=3))
+    assert pred.anomaly_maps.shape == (5, 100, 130)
+    for k, img in enumerate(test):
+        assert np.allclose(pred.anomaly_maps[k], img[0].numpy())
+        assert pred.image_scores[k] == pytest.approx(float(img[0].max()))
+    assert tm.fitted_on is inner.fitted_on  # the wrapped method's attributes (train_log, timings) show through
+
+
+def test_tile_dataset_reads_each_image_once_in_order():
+    class Counting(_Images):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counting.reads += 1
+            return super().__getitem__(i)
+
+    ds = TileDataset(Counting([torch.zeros(3, 96, 96)] * 3), Tiling(32, 32), [(96, 96)] * 3)
+    assert len(ds) == 27 and ds[26]["path"] == "img2.png#64,64"
+    Counting.reads = 0
+    _ = [ds[k] for k in range(len(ds))]
+    assert Counting.reads == 3
+
+
+def test_tiling_off_keeps_the_config_hash():
+    cfg = compose_cfg(["method=patchcore"])
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    without = {**resolved, "dataset": {k: v for k, v in resolved["dataset"].items() if k != "tiling"}}
+    assert config_hash(resolved) == config_hash(without)  # records written before tiling keep their hashes
+    on = compose_cfg(["method=patchcore", "dataset.tiling.size=112"])
+    assert config_hash(OmegaConf.to_container(on, resolve=True)) != config_hash(resolved)
+
+
+def test_native_size_without_tiling_is_a_one_line_error(small_synthetic_root, tmp_path):
+    cfg = compose_cfg(["method=mean_image", f"results_dir={tmp_path}", *small_synthetic_overrides(small_synthetic_root),
+                       "dataset.image_size=null"])
+    with pytest.raises(ConfigError, match="dataset.image_size=null .* needs tiling"):
+        run(cfg)
+
+
+def test_tile_larger_than_the_images_is_a_one_line_error(small_synthetic_root, tmp_path):
+    cfg = compose_cfg(["method=mean_image", f"results_dir={tmp_path}", *small_synthetic_overrides(small_synthetic_root),
+                       "dataset.tiling.size=256"])
+    with pytest.raises(ConfigError, match="smaller than dataset.tiling.size=256"):
+        run(cfg)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_runs_tiled(name, small_synthetic_root, tmp_path):
+    """128 px images in 64 px tiles with overlap (stride 48): maps come back at 128 px, metrics are defined."""
+    cfg = compose_cfg([f"method={name}", "preset=tiny", f"results_dir={tmp_path}", "save_model=true",
+                       *small_synthetic_overrides(small_synthetic_root), "dataset.tiling.size=64",
+                       "dataset.tiling.stride=48"])
+    record = run(cfg)
+    m = record["metrics"]
+    assert m["pixel_auroc"] is not None and m["image_auroc"] is not None
+    assert record["config"]["dataset"]["tiling"] == {"size": 64, "stride": 48}
+
+    from adbench.predict import Detector
+
+    det = Detector(record["checkpoint"])
+    img = small_synthetic_root / "washer" / "test" / "spot" / "000.png"
+    r = det.predict(img)
+    assert r.anomaly_map.shape == (128, 128)
+    assert r.score == pytest.approx(record["per_image"]["score"][record["per_image"]["file"].index("spot/000.png")],
+                                    rel=1e-4, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def highres_root(tmp_path_factory):
+    """512 px synthetic washers with defects at a quarter of the usual size (spots of 4-9 px radius)."""
+    from adbench.data.synthetic import ensure_category
+
+    root = tmp_path_factory.mktemp("highres")
+    ensure_category(root, "washer", seed=0, size=512, n_train=10, n_test_good=5, n_per_defect=3, defect_scale=0.25)
+    return root
+
+
+def _highres_overrides(root, tmp_path):
+    return ["method=patchcore", "preset=tiny", "dataset=synthetic", f"dataset.root={root}", "category=washer",
+            "dataset.generator.size=512", "dataset.generator.n_train=10", "dataset.generator.n_test_good=5",
+            "dataset.generator.n_per_defect=3", "dataset.generator.defect_scale=0.25", "dataset.crop_size=null",
+            "dataset.batch_size=16", "progress=false", f"results_dir={tmp_path}"]
+
+
+def test_tiling_finds_small_defects_that_a_resize_misses(highres_root, tmp_path):
+    """The same PatchCore on 512 px images: resized to 128 px whole, the small defects are all but erased; cut
+    into 128 px tiles at full resolution, they are found (pixel AUROC about 0.70 -> 0.99 with this seed)."""
+    resized = run(compose_cfg([*_highres_overrides(highres_root, tmp_path), "dataset.image_size=128"]))
+    tiled = run(compose_cfg([*_highres_overrides(highres_root, tmp_path), "dataset.image_size=512",
+                             "dataset.tiling.size=128"]))
+    assert tiled["metrics"]["pixel_auroc"] >= resized["metrics"]["pixel_auroc"] + 0.15
+    assert tiled["metrics"]["image_auroc"] >= resized["metrics"]["image_auroc"] + 0.1
+    assert tiled["metrics"]["pixel_auroc"] >= 0.95
+
+
+def test_native_size_tiling_predicts_images_of_unseen_sizes(highres_root, tmp_path):
+    """``dataset.image_size=null``: each image at its own size. ``predict`` then takes an image of a size never seen
+    in training (a 640 x 384 crop holding a defect) and returns its map at that size, with the defect on top;
+    the ONNX Runtime engine tiles the same way."""
+    record = run(compose_cfg([*_highres_overrides(highres_root, tmp_path), "dataset.image_size=null",
+                              "dataset.tiling.size=128", "dataset.tiling.stride=96", "save_model=true"]))
+    assert record["metrics"]["pixel_auroc"] >= 0.95
+    src = highres_root / "washer" / "test" / "spot" / "000.png"
+    mask = np.asarray(Image.open(highres_root / "washer" / "ground_truth" / "spot" / "000_mask.png")) > 0
+    ys, xs = np.nonzero(mask)
+    cy, cx = int(ys.mean()), int(xs.mean())
+    top = int(np.clip(cy - 200, 0, 512 - 384))
+    # 384 rows of the test image around the defect, widened to 640 px with a mirrored strip on the right
+    crop = np.asarray(Image.open(src).convert("RGB"))[top:top + 384]
+    wide = np.concatenate([crop, crop[:, ::-1][:, :128]], axis=1)  # [384, 640, 3]
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    from adbench.predict import load
+
+    det = load(record["checkpoint"])
+    r = det.predict(path)
+    assert r.anomaly_map.shape == (384, 640) and r.image.shape == (384, 640, 3)
+    peak = np.unravel_index(np.argmax(r.anomaly_map), r.anomaly_map.shape)
+    assert abs(peak[0] - (cy - top)) <= 24 and abs(peak[1] - cx) <= 24, (peak, (cy - top, cx))
+
+    from adbench.export import export_onnx
+
+    onnx_path = export_onnx(record["checkpoint"], tmp_path / "tiled.onnx")
+    r2 = load(onnx_path, engine="onnxruntime").predict(path)
+    assert r2.anomaly_map.shape == (384, 640)
+    assert np.allclose(r2.anomaly_map, r.anomaly_map, rtol=1e-3, atol=1e-3 * float(np.abs(r.anomaly_map).max()))
+    assert r2.score == pytest.approx(r.score, rel=1e-3)
