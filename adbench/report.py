@@ -373,11 +373,9 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
 def _write(out: Path, parts: list[str]) -> Path:
     """Write the page atomically (temporary file + rename)."""
     parts.append("</body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(out)
-    return out
+    from .utils import write_text_atomic
+
+    return write_text_atomic(out, "\n".join(parts))
 
 
 def main(argv: list[str] | None = None) -> int:

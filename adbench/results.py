@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -70,22 +68,9 @@ def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
     The file gets the mode a plain ``open()`` would give it (0o666 less the umask), not ``mkstemp``'s 0600, so
     records in a shared results folder stay readable by the others who may read it. A failed write (e.g. ENOSPC)
     raises OSError and leaves no temporary file."""
-    from .utils import file_mode
+    from .utils import write_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: json.dump(data, f, indent=2, sort_keys=False, allow_nan=False, default=str))
 
 
 def package_versions() -> dict[str, str]:

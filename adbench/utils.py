@@ -100,6 +100,33 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def write_atomic(path: str | Path, write: Callable[[Any], None]) -> Path:
+    """``write(f)`` into a text file beside ``path`` (unique name, the umask's mode), fsync, then rename over
+    ``path``: ``path`` holds the old file or the complete new one, never a part. A failed write raises (OSError
+    ENOSPC on a full disk) and leaves no temporary file."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+        with os.fdopen(fd, "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """:func:`write_atomic` of a string."""
+    return write_atomic(path, lambda f: f.write(text))
+
+
 class _SavedErrors:
     """A binary file wrapper that writes everything it is given and remembers the OSError of a failed write
     (torch's zip writer turns it into a RuntimeError without the errno)."""

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..registry import list_methods
+from ..utils import write_text_atomic
 from . import ORDER, REFERENCE, TABLE_METHODS, VARIANTS, build, per_defect, to_markdown
 
 
@@ -104,12 +105,6 @@ def run_sweeps(methods: list[str], seeds: dict[str, list[int]], preset: str, dat
     return cmds
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m adbench.table1", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="paper", choices=["paper", "cpu", "tiny"], help="method profile (default: paper)")
@@ -165,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         (f" SEED_METHODS={args.seed_methods}" if args.seed_methods else "")
     results.mkdir(parents=True, exist_ok=True)
     md = to_markdown(table, args.preset, command, defects)
-    _write_atomic(results / "table1.csv", table.to_csv(index=False, quoting=csv.QUOTE_MINIMAL))
-    _write_atomic(results / "table1_defects.csv", defects.to_csv(index=False))
-    _write_atomic(results / "table1.md", md + "\n")
+    write_text_atomic(results / "table1.csv", table.to_csv(index=False, quoting=csv.QUOTE_MINIMAL))
+    write_text_atomic(results / "table1_defects.csv", defects.to_csv(index=False))
+    write_text_atomic(results / "table1.md", md + "\n")
     print(md)
     print(f"wrote {results / 'table1.md'}, {results / 'table1.csv'} and {results / 'table1_defects.csv'}")
     if not args.no_report:
