@@ -277,6 +277,12 @@ def check_training(name: str, dm, device: torch.device, size: dict[str, Any], wo
             extra["pretrained"] = "random weights in vit_large_patch16_224.mae's shape (speed, not accuracy)"
         done = epochs * per_epoch
     else:  # vae_energy: batches of fewer than two images are skipped (BatchNorm)
+        base = method_cfg(name, over)
+        side, crop, stride = min(dm.out_size), int(base.input_size), int(base.texture.stride)
+        if dm.is_texture and int(base.texture.resize) > side:  # the method never upsamples: crops of this input
+            resize = crop + (side - crop) // stride * stride  # the largest size its crops tile exactly
+            over.setdefault("texture", {})["resize"] = resize
+            extra["texture_resize"] = f"{resize} (the check's input is {side} px; the paper resizes textures to 512)"
         per_epoch = n // bs + (1 if n % bs >= 2 else 0)
         epochs = max(1, math.ceil(steps / per_epoch))
         over["train"].update(epochs=epochs, checkpoint_every=0, resume=False)
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"note: no {args.category} under {data}: using the generated synthetic dataset")
         data = "synthetic"
-    category = "washer" if data == "synthetic" else args.category
+    category = (args.category if args.category in ("washer", "weave") else "washer") if data == "synthetic" else args.category
     args.outdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     report: dict[str, Any] = {"size": size_name, "steps": steps, "data": data, "category": category, "errors": {},

@@ -60,3 +60,15 @@ def test_gpu_check_asks_for_wheels_when_a_dependency_is_missing(tmp_path):
     assert p.returncode == 2
     assert "lacks loralib; put their wheels in a folder and pass WHEELS=DIR" in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_vae_on_a_texture_crops_what_it_has(tmp_path):
+    """Paper sizes on a texture (synthetic weave at 256 -> 224 px): VAE-energy never upsamples, so the check
+    resizes textures to the largest size its 128 px crops tile (128) instead of failing on the paper's 512."""
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), str(tmp_path / "out"), "--device", "cpu",
+                        "--size", "paper", "--data", "synthetic", "--category", "weave", "--only", "vae_energy",
+                        "--steps", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert rep["category"] == "weave" and rep["errors"] == {}
+    assert rep["vae_energy"]["texture_resize"].startswith("128 ") and rep["vae_energy"]["steps"] >= 1
