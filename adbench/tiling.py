@@ -121,10 +121,14 @@ class _Tiles(Dataset):
 
 
 def image_shapes(dataset: Dataset) -> list[tuple[int, int]]:
-    """(H, W) of every image a dataset yields: from its ``out_size`` when all share one, else by loading each."""
+    """(H, W) of every image a dataset yields: its ``out_size`` when all share one, else each item's size (from
+    the file header when the dataset offers ``item_size``, else by loading the item)."""
     out = getattr(dataset, "out_size", None)
     if out is not None:
         return [tuple(out)] * len(dataset)
+    item_size = getattr(dataset, "item_size", None)
+    if item_size is not None:
+        return [tuple(item_size(i)) for i in range(len(dataset))]
     return [tuple(dataset[i]["image"].shape[-2:]) for i in range(len(dataset))]
 
 
