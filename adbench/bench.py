@@ -10,7 +10,8 @@ Each case runs in its own process, so its peak RSS is its own:
   bound (one read of the projected bank per selection, at the bandwidth measured in the same process), the
   accelerated selection's time, and a check that both select the same points.
 * ``deploy``: per real category and embedding width (``preset=cpu``'s 128 and the paper's 1024), prediction
-  latency per image at batch 1 (median, p95) and throughput at batch 16 with the exact index, then for each
+  latency per image at batch 1 (median, p95) and throughput at batch 16 with the exact index, in torch and as the
+  exported ONNX graph in ONNX Runtime (with the largest relative difference of their scores and maps), then for each
   nearest-neighbour index (``flat``, ``hnsw``, ``ivf``) the kNN search time over the test set and the AUROCs.
   ``--deploy-only`` runs just these and keeps the other sections of an existing ``bench.json``.
 * ``peer`` (``--peer anomalib``): anomalib's PatchCore on the same tensors, run by ``benchmarks/anomalib_patchcore.py``
@@ -216,17 +217,18 @@ def run_deploy(case: dict) -> dict:
     images = [test.dataset[i]["image"] for i in range(min(len(test.dataset), max(n_lat, 16 * n_thr)))]
     for x in images[:2 if n_lat else 0]:  # warm-up
         method.predict(_OneBatch({"image": x[None]}))
-    lat = []
+    lat, ref = [], []
     for x in images[:n_lat]:  # batch 1: every image through the backbone, search and post-processing
         batch = {"image": x[None]}
         t = time.perf_counter()
-        method.predict(_OneBatch(batch))
+        ref.append(method.predict(_OneBatch(batch)))
         lat.append(time.perf_counter() - t)
     thr = None
     if n_thr:
         t = time.perf_counter()
         method.predict(DataLoader(_Images(images[: 16 * n_thr]), batch_size=16))
         thr = 16 * n_thr / (time.perf_counter() - t)
+    ort = run_onnx(method, images, ref, n_thr) if n_lat and case.get("onnx", True) else None
     # the index comparison: test features extracted once (cached), search and post-processing per index
     method.ctx = cached
     labels, masks, defects = dm.test_targets()
@@ -250,7 +252,57 @@ def run_deploy(case: dict) -> dict:
             "n_test": len(labels), "latency_images": len(lat),
             "latency_median_ms": 1e3 * _percentile(lat, 50) if lat else None,
             "latency_p95_ms": 1e3 * _percentile(lat, 95) if lat else None, "throughput_batch": 16, "throughput_img_s": thr,
-            "indexes": indexes, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
+            "indexes": indexes, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0], "onnx": ort}
+
+
+def _max_rel(got, ref) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude."""
+    import numpy as np
+
+    return float(np.abs(np.asarray(got) - np.asarray(ref)).max() / max(float(np.abs(ref).max()), 1e-12))
+
+
+def run_onnx(method, images: list, ref: list, n_thr: int) -> dict:
+    """The fitted PatchCore exported to ONNX and run by ONNX Runtime (CPU, torch's thread count): latency at
+    batch 1 on the images torch timed (``ref``: torch's predictions of them), throughput at batch 16, and the
+    largest relative difference of scores and maps from torch's."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from adbench.export import export_module, trace_onnx
+    from adbench.onnx_runtime import OrtModel
+
+    method.ctx.image_size = tuple(int(v) for v in images[0].shape[-2:])
+    with tempfile.TemporaryDirectory(prefix="adbench-bench-onnx-") as tmp:
+        path = Path(tmp) / "patchcore.onnx"
+        t = time.perf_counter()
+        trace_onnx(export_module(method, "patchcore"), method.ctx.image_size, path)
+        export_s = time.perf_counter() - t
+        session = OrtModel(path, threads=torch.get_num_threads())
+        one = [x[None].numpy() for x in images[: len(ref)]]
+        for x in one[:2]:  # warm-up
+            session.run(x)
+        lat, got = [], []
+        for x in one:
+            t = time.perf_counter()
+            got.append(session.run(x))
+            lat.append(time.perf_counter() - t)
+        thr = None
+        if n_thr:
+            batches = [torch.stack(images[i : i + 16]).numpy() for i in range(0, 16 * n_thr, 16)]
+            t = time.perf_counter()
+            for b in batches:
+                session.run(b)
+            thr = 16 * n_thr / (time.perf_counter() - t)
+        size_mb = path.stat().st_size / 1e6
+    scores = [abs(float(g[0][0]) - float(r.image_scores[0])) / abs(float(r.image_scores[0])) for g, r in zip(got, ref)]
+    return {"engine": "onnxruntime", "latency_median_ms": 1e3 * _percentile(lat, 50),
+            "latency_p95_ms": 1e3 * _percentile(lat, 95), "throughput_img_s": thr, "export_s": export_s,
+            "onnx_mb": size_mb, "max_rel_score": max(scores),
+            "max_rel_map": max(_max_rel(g[1][0], r.anomaly_maps[0]) for g, r in zip(got, ref)),
+            "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
 
 
 class _OneBatch:
@@ -355,17 +407,21 @@ def print_tables(result: dict) -> None:
 
 
 def print_deploy(deploy: dict) -> None:
-    """Latency / throughput per case and the kNN-index trade-off against exact search."""
+    """Latency / throughput per case (torch, and ONNX Runtime when measured) and the kNN-index trade-off."""
     cases = deploy["cases"]
-    print("\nprediction on CPU (PatchCore preset=cpu; exact index)")
-    head = f"{'case':<28}{'width':>6}{'bank':>7}{'batch 1 median ms':>19}{'p95 ms':>8}{'batch 16 img/s':>16}"
+    print("\nprediction on CPU (PatchCore preset=cpu; exact index; torch and the exported ONNX graph in ONNX Runtime)")
+    head = (f"{'case':<32}{'width':>6}{'bank':>7}{'engine':>13}{'batch 1 median ms':>19}{'p95 ms':>8}"
+            f"{'batch 16 img/s':>16}{'max rel diff score / map':>26}")
     print(head)
     print("-" * len(head))
     for c in cases:
         if c.get("latency_median_ms") is None:
             continue
-        print(f"{c['label']:<28}{c['embed_dim']:>6}{c['bank_rows']:>7}{c['latency_median_ms']:>19.0f}"
-              f"{c['latency_p95_ms']:>8.0f}{_fmt(c['throughput_img_s'], '.2f'):>16}")
+        rows = [("torch", c, None)] + ([("onnxruntime", c["onnx"], c["onnx"])] if c.get("onnx") else [])
+        for engine, r, o in rows:
+            diff = "" if o is None else f"{o['max_rel_score']:.1e} / {o['max_rel_map']:.1e}"
+            print(f"{c['label']:<32}{c['embed_dim']:>6}{c['bank_rows']:>7}{engine:>13}{r['latency_median_ms']:>19.0f}"
+                  f"{r['latency_p95_ms']:>8.0f}{_fmt(r['throughput_img_s'], '.2f'):>16}{diff:>26}")
     print("\nnearest-neighbour index vs exact (flat), whole test set")
     head = (f"{'case':<28}{'index':>6}{'search s':>10}{'speed-up':>9}{'img AUC':>9}{'d img':>8}{'pix AUC':>9}"
             f"{'d pix':>8}{'AUPRO':>7}")
@@ -403,6 +459,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse per-case results already in results/bench/")
     ap.add_argument("--deploy-categories", default="bottle,transistor",
                     help="real categories of the latency / kNN-index cases ('' to skip them)")
+    ap.add_argument("--latency-categories", default=None,
+                    help="deploy categories that also get the batch-1 latency / batch-16 throughput (torch and ONNX "
+                         "Runtime); default: all of --deploy-categories")
+    ap.add_argument("--no-onnx", action="store_true",
+                    help="deploy cases: skip the exported ONNX graph's latency in ONNX Runtime")
     ap.add_argument("--feature-cache", default=None,
                     help="deploy cases: read/write backbone features here (e.g. results/cache, filled by make table1)")
     ap.add_argument("--deploy-only", action="store_true",
@@ -446,10 +507,12 @@ def main(argv: list[str] | None = None) -> None:
             result = json.loads(out.read_text())
         args.skip_real, args.sizes = True, ""
     deploy = []
+    latency = {c.strip() for c in (args.latency_categories or args.deploy_categories).split(",")}
     for dim in [0, args.paper_dim] if args.paper_dim else [0]:  # preset=cpu's width first
         for category in [c for c in args.deploy_categories.split(",") if c.strip()]:
-            case = dict(real, kind="deploy", category=category, embed_dim=dim, feature_cache=args.feature_cache)
-            if category != args.category:  # latency on --category only; the index trade-off everywhere
+            case = dict(real, kind="deploy", category=category, embed_dim=dim, feature_cache=args.feature_cache,
+                        onnx=not args.no_onnx)
+            if category not in latency:  # latency on --latency-categories only; the index trade-off everywhere
                 case.update(latency_images=0, throughput_batches=0)
             deploy.append(case_run(case, f"deploy mvtec/{category}" + (f" d={dim}" if dim else "")))
     if deploy:

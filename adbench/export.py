@@ -152,6 +152,17 @@ def metadata(manifest: dict[str, Any], calibration: Any, note: str, calibrated: 
     return meta
 
 
+def trace_onnx(module: nn.Module, size: tuple[int, int], path: str | Path, opset: int = 17) -> Path:
+    """Trace ``module`` (image [B, 3, H, W] -> score, anomaly_map) into an ONNX file without metadata, batch free."""
+    example = torch.zeros(2, 3, int(size[0]), int(size[1]))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed at export time (they are fixed)
+        torch.onnx.export(module, (example,), str(path), input_names=["image"],
+                          output_names=["score", "anomaly_map"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}})
+    return Path(path)
+
+
 def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17) -> Path:
     """Write the ONNX graph of a checkpoint folder to ``output`` (replaced atomically); returns ``output``."""
     import onnx
@@ -160,16 +171,11 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17) -> 
     name = str(manifest["method"])
     module = export_module(model.method if isinstance(model, TiledMethod) else model, name)  # tiled: the tile model
     h, w = (int(v) for v in manifest["out_size"])
-    example = torch.zeros(2, 3, h, w)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed at export time (they are fixed)
-            torch.onnx.export(module, (example,), str(tmp), input_names=["image"],
-                              output_names=["score", "anomaly_map"], opset_version=opset, dynamo=False,
-                              dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}})
+        trace_onnx(module, (h, w), tmp, opset)
         proto = onnx.load(str(tmp))
         for key, value in metadata(manifest, calibration, str(getattr(module, "export_note", "")),
                                       bool(getattr(module, "export_calibrated", True))).items():

@@ -20,10 +20,18 @@ def test_deploy_case_measures_latency_and_each_index(tmp_path, capsys):
         assert ix["search_s"] > 0 and ix["build_s"] > 0
     # approximate search on a 470-row bank: the same image ranking as exact to within a few pairs
     assert r["indexes"][1]["metrics"]["image_auroc"] == pytest.approx(flat["metrics"]["image_auroc"], abs=0.05)
+    ort = r["onnx"]  # the same fitted model exported and run by ONNX Runtime, on the same images
+    assert ort["engine"] == "onnxruntime" and 0 < ort["latency_median_ms"] <= ort["latency_p95_ms"]
+    assert ort["throughput_img_s"] > 0 and ort["onnx_mb"] > 0
+    assert ort["max_rel_score"] < 1e-4 and ort["max_rel_map"] < 1e-4, ort
     r["label"] = "deploy synthetic"
     print_deploy({"cases": [r]})
     out = capsys.readouterr().out
     assert "batch 1 median ms" in out and "hnsw" in out and "ivf" in out and "deploy synthetic" in out
+    assert "onnxruntime" in out and "torch" in out
+    del r["onnx"]  # a bench.json written before the ONNX rows still prints
+    print_deploy({"cases": [r]})
+    assert "onnxruntime" not in capsys.readouterr().out
 
 
 def test_deploy_only_keeps_the_other_sections(tmp_path, monkeypatch, capsys):
@@ -46,6 +54,11 @@ def test_deploy_only_keeps_the_other_sections(tmp_path, monkeypatch, capsys):
     assert new["runs"] == old["runs"] and new["machine"] == old["machine"] and new["started"] == "then"
     assert [c["label"] for c in new["deploy"]["cases"]] == ["deploy mvtec/bottle", "deploy mvtec/transistor"]
     assert new["deploy"]["machine"]["bandwidth_gb_s"] == 1.0 and "finished" in new["deploy"]
-    assert cases[0].get("latency_images") is None and cases[1]["latency_images"] == 0  # latency on --category only
+    assert all(c.get("latency_images") is None and c["onnx"] for c in cases)  # latency everywhere by default
     assert cases[0]["feature_cache"] == str(tmp_path / "cache")
     assert "deploy mvtec/transistor" in capsys.readouterr().out
+    cases.clear()
+    bench.main(["--deploy-only", "--out", str(out), "--deploy-categories", "bottle,transistor", "--paper-dim", "0",
+                "--data", str(tmp_path), "--latency-categories", "bottle", "--no-onnx"])
+    assert cases[0].get("latency_images") is None and cases[1]["latency_images"] == 0
+    assert not any(c["onnx"] for c in cases)
