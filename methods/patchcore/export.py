@@ -2,8 +2,10 @@
 
 The locally aware aggregation (3x3 neighbourhood flattened channel-major, adaptive average pooling over
 channels) is linear, so each layer's unfold + pooling is one fixed 3x3 convolution and the final pooling a
-fixed 1x1 convolution. Distances to the memory bank are matrix products with a top-k; the k nearest rows are
-then re-gathered and their distances computed as differences (no cancellation). The Gaussian blur is
+fixed 1x1 convolution. The nearest rows of the memory bank are ranked by ``|b|^2 - 2 q.b`` (the squared
+distance less the query's constant ``|q|^2``), one matrix product with the bank stacked as ``[-2 B^T; |b|^2]``, so
+the [B, P, M] table is written once and read once by the top-k; the k nearest rows are then re-gathered and their
+distances computed as differences (no cancellation). The Gaussian blur is
 :class:`adbench.export.GaussianBlur` (scipy's ``gaussian_filter``).
 Approximate faiss indexes (hnsw, ivf) are exported as the exact search.
 """
@@ -40,7 +42,8 @@ class PatchCoreGraph(nn.Module):
         final.weight.data = pooling_matrix(layer_dim * len(in_channels), embed_dim).t()[..., None, None].contiguous()
         self.final = final
         self.register_buffer("bank", bank.float().contiguous())  # [M, D]
-        self.register_buffer("bank_sq", (bank.double() ** 2).sum(1).float())  # [M]
+        rank = torch.cat([-2 * bank.double().t(), (bank.double() ** 2).sum(1)[None]])  # [D + 1, M]
+        self.register_buffer("rank_matrix", rank.float().contiguous())
         self.num_nn = min(num_nn, len(bank))
         self.squared = squared
         self.out_size = tuple(out_size)
@@ -58,8 +61,8 @@ class PatchCoreGraph(nn.Module):
         emb = self.final(torch.cat(per_layer, 1))  # [B, D, h, w]
         b, d, h, w = emb.shape
         q = emb.reshape(b, d, h * w).transpose(1, 2)  # [B, P, D]
-        d2 = (q * q).sum(-1, keepdim=True) - 2 * q @ self.bank.t() + self.bank_sq  # [B, P, M]
-        _, ids = torch.topk(d2, self.num_nn, dim=-1, largest=False)  # [B, P, k]
+        q1 = torch.cat([q, torch.ones_like(q[..., :1])], -1)  # [B, P, D + 1]
+        _, ids = torch.topk(q1 @ self.rank_matrix, self.num_nn, dim=-1, largest=False)  # [B, P, k]
         nearest = self.bank[ids.reshape(-1)].reshape(b, h * w, self.num_nn, d)  # [B, P, k, D]
         dist = ((q.unsqueeze(2) - nearest) ** 2).sum(-1)  # [B, P, k], squared L2
         if not self.squared:
