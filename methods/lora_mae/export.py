@@ -1,15 +1,114 @@
-"""LoRA-MAE has no ONNX export in this version: the exporter says so in one line."""
+"""LoRA-MAE as one ONNX-exportable module: the K masked reconstructions, the error map and its smoothing.
+
+The K inference masks are fixed, so each pass is the MAE with constant visible indices (a gather of the visible
+tokens, a scatter of them among the mask tokens before the decoder); the K residuals are summed under their
+fixed pixel masks as :meth:`~methods.lora_mae.method.LoRAMAE.residuals` does. loralib's LoRA layers are merged
+into plain ``Linear`` weights (``W + B A * alpha / r``, computed in float64): in eval mode with dropout off that
+is the same function. ``inference.standardize`` uses the checkpoint's held-out statistics; the reflect-padded
+Gaussian smoothing and the max / top-k image score follow :mod:`methods.lora_mae.method`.
+"""
 
 from __future__ import annotations
 
+import copy
+
+import loralib
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from adbench.export import NotExportable, register_exporter
+from adbench.export import register_exporter
+
+from .masks import visible_indices
+from .method import image_scores, smoothing_kernel, smoothing_radius
+from .model import MaskedAutoencoderViT
+
+
+def merged_linear(layer: loralib.Linear) -> nn.Linear:
+    """A plain ``nn.Linear`` computing what ``layer`` computes in eval mode (the low-rank update folded in)."""
+    weight = layer.weight.detach().double()
+    if layer.fan_in_fan_out:
+        weight = weight.t()
+    if layer.r > 0 and not layer.merged:
+        weight = weight + (layer.lora_B.detach().double() @ layer.lora_A.detach().double()) * layer.scaling
+    out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    out.weight.data = weight.float().contiguous()
+    if layer.bias is not None:
+        out.bias.data = layer.bias.detach().float().clone()
+    return out
+
+
+def merge_lora(model: MaskedAutoencoderViT) -> MaskedAutoencoderViT:
+    """A copy of ``model`` with every loralib ``Linear`` replaced by its merged ``nn.Linear`` (eval mode)."""
+    model = copy.deepcopy(model).cpu().eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, loralib.Linear):
+                setattr(parent, name, merged_linear(child))
+    return model
+
+
+class LoRAMAEGraph(nn.Module):
+    """Normalised images [B, 3, H, W] -> (image scores [B], smoothed maps [B, H, W]) of a fitted LoRA-MAE."""
+
+    def __init__(self, model: MaskedAutoencoderViT, hidden: torch.Tensor, standardize: str,
+                 stats: dict[str, torch.Tensor] | None, floor: float, sigma: float, radius: int | None,
+                 how: str, topk: int) -> None:
+        super().__init__()
+        self.model = merge_lora(model)
+        p2 = self.model.patch_size ** 2
+        self.n_masks = int(hidden.shape[0])
+        for k, h in enumerate(hidden.cpu()):  # per pass: visible patch indices and the pixels it scores
+            self.register_buffer(f"keep_{k}", visible_indices(h)[None])  # [1, L_keep]
+            pixels = self.model.unpatchify(h.float()[None, :, None].expand(1, -1, p2), channels=1)  # [1, 1, H, W]
+            self.register_buffer(f"pixels_{k}", pixels)
+        self.standardize = standardize
+        if standardize != "none":
+            key = "err" if standardize == "error" else "res"
+            mean, std = stats[f"{key}_mean"].float(), stats[f"{key}_std"].float()
+            self.register_buffer("z_mean", mean)
+            self.register_buffer("z_std", std.clamp_min(floor * float(std.mean()) + 1e-12))  # as standardise()
+        h, w = (int(v) for v in self.pixels_0.shape[-2:])
+        self.radius = min(smoothing_radius(sigma, radius), h - 1, w - 1)
+        self.smooth = sigma > 0 and self.radius > 0
+        if self.smooth:
+            k = smoothing_kernel(sigma, self.radius)
+            self.register_buffer("k_row", k.view(1, 1, 1, -1))
+            self.register_buffer("k_col", k.view(1, 1, -1, 1))
+        self.how, self.topk = how, topk
+
+    def residuals(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction minus input [B, 3, H, W], each pixel from the pass hiding it."""
+        out = torch.zeros_like(x)
+        for k in range(self.n_masks):
+            keep = getattr(self, f"keep_{k}").expand(x.shape[0], -1)  # [B, L_keep]
+            out = out + self.model.residual(x, self.model(x, keep)) * getattr(self, f"pixels_{k}")
+        return out
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        res = self.residuals(x)
+        if self.standardize == "residual":
+            maps = ((res - self.z_mean) / self.z_std).pow(2).mean(dim=1).sqrt()
+        else:
+            maps = res.pow(2).mean(dim=1)  # [B, H, W]
+            if self.standardize == "error":
+                maps = (maps - self.z_mean) / self.z_std
+        if self.smooth:
+            r = self.radius
+            m = F.pad(maps[:, None], (r, r, r, r), mode="reflect")
+            maps = F.conv2d(F.conv2d(m, self.k_row), self.k_col)[:, 0]
+        return image_scores(maps, self.how, self.topk), maps
 
 
 @register_exporter("lora_mae")
 def export_module(method) -> nn.Module:
-    """Always raises :class:`~adbench.export.NotExportable` with the reason."""
-    raise NotExportable("lora_mae is not exportable because its graph (K deterministic masks, per-mask token "
-                        "gathers and LoRA-merged ViT reconstruction) has no ONNX exporter in this adbench version; "
-                        "score it with engine=torch")
+    """The :class:`LoRAMAEGraph` of a loaded :class:`~methods.lora_mae.LoRAMAE` (LoRA merged)."""
+    inf = method.cfg.inference
+    how = str(inf.get("standardize", "none"))
+    radius = inf.get("smoothing_radius")
+    graph = LoRAMAEGraph(method.model, method.hidden, how, method.stats, float(inf.get("std_floor", 0.1)),
+                         float(inf.smoothing_sigma), None if radius is None else int(radius), str(inf.image_score),
+                         int(inf.topk))
+    graph.export_note = (f"{graph.n_masks} fixed-mask reconstructions" + (", LoRA merged" if method.use_lora else "")
+                         + ("" if how == "none" else f", standardize={how}"))
+    return graph

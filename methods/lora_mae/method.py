@@ -39,6 +39,14 @@ def smoothing_radius(sigma: float, radius: int | None) -> int:
     return int(math.ceil(3.0 * sigma)) if radius is None else int(radius)
 
 
+def smoothing_kernel(sigma: float, radius: int, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised Gaussian taps [2*radius+1] of :func:`gaussian_blur` (``radius`` already capped)."""
+    taps = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
     """Separable Gaussian smoothing of [B, H, W] maps with a (2*radius+1)-tap kernel, reflected borders.
 
@@ -47,9 +55,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int | None = None) -
     radius = min(smoothing_radius(sigma, radius), maps.shape[-1] - 1, maps.shape[-2] - 1)
     if sigma <= 0 or radius <= 0:
         return maps
-    taps = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()  # [2r+1]
+    kernel = smoothing_kernel(sigma, radius, maps.dtype, maps.device)  # [2r+1]
     x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")  # [B, 1, H+2r, W+2r]
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))  # rows
     x = F.conv2d(x, kernel.view(1, 1, -1, 1))  # columns
