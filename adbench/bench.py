@@ -262,7 +262,7 @@ def _max_rel(got, ref) -> float:
     return float(np.abs(np.asarray(got) - np.asarray(ref)).max() / max(float(np.abs(ref).max()), 1e-12))
 
 
-def run_onnx(method, images: list, ref: list, n_thr: int) -> dict:
+def run_onnx(method: Any, images: list, ref: list, n_thr: int) -> dict:
     """The fitted PatchCore exported to ONNX and run by ONNX Runtime (CPU, torch's thread count): latency at
     batch 1 on the images torch timed (``ref``: torch's predictions of them), throughput at batch 16, and the
     largest relative difference of scores and maps from torch's."""
