@@ -151,8 +151,7 @@ def test_resize_matrix_matches_antialiased_interpolate():
 def test_cutpaste_onnx_matches_torch(small_synthetic_root, tmp_path):
     """Image score (image model + Gaussian) and the patch model's dense map within 1e-4 relative.
 
-    The tiny profile's random-init MobileNetV2 saturates its ReLU6s: every image embeds to the same vector up to
-    ~2e-6 relative, so its Mahalanobis scores are float32 rounding noise in ``x - mean`` (ONNX Runtime 2e-2 from
+    The tiny profile's random-init MobileNetV2 embeds every image to the same vector up to ~2e-6 relative, so its Mahalanobis scores are float32 rounding noise in ``x - mean`` (ONNX Runtime 2e-2 from
     torch), whatever the density's arithmetic. A random-init ResNet-18 keeps the embeddings apart, which this test
     checks."""
     from adbench.export import export_module
