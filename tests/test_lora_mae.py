@@ -402,8 +402,10 @@ def test_holdout_logs_val_ratio_and_standardises(how):
     assert m.stats["err_mean"].shape == (64, 64) and m.stats["res_std"].shape == (3, 64, 64)
     # the held-out images themselves: z-scores with mean 0 and (sample) std 1 per pixel
     maps = m.scored_maps(images[hold])
-    if how == "error":
-        assert torch.allclose(maps.mean(0), torch.zeros(64, 64), atol=1e-4)
+    if how == "error":  # pixels whose held-out errors nearly coincide (std ~1e-5) carry float32 rounding: left out
+        steady = m.stats["err_std"] > 1e-3
+        assert steady.float().mean() > 0.99
+        assert torch.allclose(maps.mean(0)[steady], torch.zeros(int(steady.sum())), atol=1e-4)
     else:  # RMS of 3 per-channel z-scores whose squares average (n-1)/n over the held-out images
         assert torch.allclose(maps.pow(2).mean(), torch.tensor(0.5), atol=1e-3)
     with pytest.raises(ConfigError, match="needs held-out normal images"):
