@@ -38,6 +38,9 @@ class Tiling:
     def from_cfg(cls, node: Any) -> "Tiling | None":
         """``dataset.tiling`` -> Tiling, or None when off (no node or ``size: null``); ConfigError on bad values."""
         if node is None or node.get("size") is None:
+            if node is not None and node.get("stride") is not None:
+                raise ConfigError(f"dataset.tiling.stride={node.get('stride')} needs dataset.tiling.size=N (the tile "
+                                  f"side); without a size nothing is tiled")
             return None
         size, stride = node.get("size"), node.get("stride")
         stride = size if stride is None else stride

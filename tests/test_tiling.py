@@ -35,6 +35,7 @@ def test_boxes_cover_the_image_and_end_at_the_edges():
     ({"size": 64, "stride": 80}, "dataset.tiling.stride=80"),
     ({"size": 64, "stride": 0}, "dataset.tiling.stride=0"),
     ({"size": "big", "stride": None}, "dataset.tiling.size='big'"),
+    ({"size": None, "stride": 32}, "dataset.tiling.stride=32 needs dataset.tiling.size"),
 ])
 def test_bad_tiling_options_are_one_line_errors(node, message):
     from omegaconf import OmegaConf
@@ -47,7 +48,7 @@ def test_tiling_off_and_default_stride():
     from omegaconf import OmegaConf
 
     assert Tiling.from_cfg(None) is None
-    assert Tiling.from_cfg(OmegaConf.create({"size": None, "stride": 32})) is None
+    assert Tiling.from_cfg(OmegaConf.create({"size": None, "stride": None})) is None
     assert Tiling.from_cfg(OmegaConf.create({"size": 32, "stride": None})) == Tiling(32, 32)
     with pytest.raises(ConfigError, match="smaller than dataset.tiling.size=64"):
         Tiling(64, 64).boxes(48, 100)
