@@ -134,6 +134,20 @@ def _representative(sel: pd.DataFrame) -> dict[tuple[str, str, str, str], pd.Ser
     return out
 
 
+def _gallery_sources(results_dir: Path, sel: pd.DataFrame) -> dict[tuple[str, str, str, str], tuple[pd.Series, dict]]:
+    """Per (method, variant, dataset, category): the lowest seed's record (newest) whose overlay PNGs are on disk,
+    with the record; a variant none of whose records has them is left out."""
+    out = {}
+    for key, g in sel.sort_values(["seed", "finished_at"], ascending=[True, False], na_position="last").groupby(
+            ["method", "variant", "dataset", "category"], sort=False):
+        for _, row in g.iterrows():
+            rec = _record(row.path)
+            if _overlay_files(results_dir, rec, row.path):
+                out[key] = (row, rec)
+                break
+    return out
+
+
 def _maps_dir(results_dir: Path, record_path: str) -> Path:
     return results_dir / "maps" / Path(record_path).resolve().relative_to((results_dir / "runs").resolve()).with_suffix("")
 
@@ -180,7 +194,8 @@ def _gallery(results_dir: Path, row: pd.Series, rec: dict) -> str:
             f"<figure><img alt='{html.escape(cap)}' src='data:image/jpeg;base64,{base64.b64encode(jpg).decode()}'>"
             f"<figcaption{cls}>{html.escape(cap)}</figcaption></figure>")
     rows = [f"<div class='gallery'>{''.join(figs)}</div>" for figs in out.values() if figs]
-    return f"<h3>{html.escape(label(row.method, row.variant))}</h3>{''.join(rows)}" if rows else ""
+    seed = f" (seed {int(row.seed)})" if pd.notna(row.get("seed")) else ""
+    return f"<h3>{html.escape(label(row.method, row.variant) + seed)}</h3>{''.join(rows)}" if rows else ""
 
 
 def _defect_table(sel: pd.DataFrame, rows: list, dataset: str, cat: str) -> str:
@@ -353,12 +368,13 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
                                     "where the method logs one.</p>")
 
     # galleries
-    parts.append("<h2>Best and worst test images</h2><p class='note'>Per run (seed shown in the curves): image | "
+    parts.append("<h2>Best and worst test images</h2><p class='note'>Per variant, the lowest seed whose overlays "
+                 "(<code>save_maps</code>) are on disk: image | "
                  "ground truth (green outline) | anomaly map, for the most confidently right (best) and the most "
                  "wrong (worst) test images, ranked by score within the test set.</p>")
+    sources = _gallery_sources(results_dir, sel)
     for d, c in cols:
-        blocks = [_gallery(results_dir, rep[(m, v, d, c)], records[(m, v, d, c)]) for m, v in rows
-                  if (m, v, d, c) in rep]
+        blocks = [_gallery(results_dir, *sources[(m, v, d, c)]) for m, v in rows if (m, v, d, c) in sources]
         blocks = [b for b in blocks if b]
         if blocks:
             parts.append(f"<h2>{html.escape(c if not show_ds else f'{d}/{c}')}: galleries</h2>")

@@ -115,3 +115,14 @@ def test_thumbnail_drops_titles_and_is_small(tmp_path):
 
 def test_report_without_runs(tmp_path):
     assert "No runs yet" in build_report(tmp_path).read_text()
+
+
+def test_gallery_falls_back_to_a_seed_whose_overlays_exist(tmp_path):
+    ov = _overlays(tmp_path / "png")
+    _run(tmp_path, "cutpaste", "bottle", 0, 0.95, [str(tmp_path / "gone" / "best_1.png")], variant="scar")
+    _run(tmp_path, "cutpaste", "bottle", 1, 0.94, ov, variant="scar")
+    _run(tmp_path, "cutpaste", "bottle", 0, 0.95, [str(tmp_path / "gone" / "best_1.png")], variant="normal")
+    html = build_report(tmp_path).read_text()
+    assert "CutPaste scar (seed 1)</h3>" in html
+    assert "CutPaste normal (seed" not in html  # no overlays anywhere: no empty gallery
+    assert len(re.findall(r"data:image/jpeg;base64,", html)) == 6
