@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .api import Prediction
 from .data.errors import ConfigError, ScoreError
@@ -116,11 +116,25 @@ def check_scores(pred: Prediction, method: str, paths: Sequence[str | Path], whe
 
 def calibrate(method: Any, loader: DataLoader, quantile: float, holdout: float, name: str = "") -> Calibration:
     """Score held-out normal images with the fitted ``method`` and set the threshold at ``quantile``."""
-    pred: Prediction = method.predict(loader)
-    paths = [s.path for s in loader.dataset.samples] if hasattr(loader.dataset, "samples") else []
-    check_scores(pred, name or type(method).__name__, paths, "held-out calibration images")
-    scores = pred.image_scores.astype(np.float64)
-    maps = pred.anomaly_maps
+    ds = loader.dataset
+    paths = [s.path for s in ds.samples] if hasattr(ds, "samples") else []
+    groups = [list(range(len(ds)))]
+    if getattr(ds, "out_size", ()) is None and hasattr(ds, "item_size"):  # own sizes (tiling): one call per size
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i in range(len(ds)):
+            by_size.setdefault(tuple(ds.item_size(i)), []).append(i)
+        groups = list(by_size.values())
+    scores = np.zeros(len(ds), dtype=np.float64)
+    values = []
+    for idx in groups:
+        part = loader if len(groups) == 1 else DataLoader(Subset(ds, idx), batch_size=loader.batch_size,
+                                                          shuffle=False, num_workers=0)
+        pred: Prediction = method.predict(part)
+        check_scores(pred, name or type(method).__name__, [paths[i] for i in idx] if paths else [],
+                     "held-out calibration images")
+        scores[idx] = pred.image_scores.astype(np.float64)
+        values.append(np.asarray(pred.anomaly_maps).ravel())
+    maps = np.concatenate(values)
     low, high = float(np.median(maps)), float(maps.max())
     return Calibration(threshold=float(np.quantile(scores, quantile)), quantile=float(quantile),
                        holdout=float(holdout), n_images=int(len(scores)), scores=[float(s) for s in scores],

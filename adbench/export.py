@@ -221,4 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # ``python -m adbench.export`` runs this file as ``__main__``, a second copy of the module: the method packages
+    # register their exporters in ``adbench.export``, so its ``main`` is the one to run (else: "no exporter")
+    from adbench.export import main as _main
+
+    raise SystemExit(_main())

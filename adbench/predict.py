@@ -41,7 +41,8 @@ from .data.errors import ConfigError, DataError
 from .data.folder import list_images
 from .data.mvtec import IMAGE_SUFFIXES, _check_image, load_image
 from .data.staging import make_staging
-from .data.transforms import denormalize, transform_image
+from .data.transforms import denormalize, output_size, transform_image
+from .tiling import TiledMethod
 from .utils import ensure_writable_dir, progress, resolve_device
 
 OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true",
@@ -168,8 +169,20 @@ class Detector:
         return results[0] if single else results
 
     def load_file(self, path: str | Path) -> torch.Tensor:
-        """An image file decoded and transformed as in training: [3, H, W] (DataError names a bad file)."""
-        return transform_image(load_image(Path(path)), self.image_size, self.crop_size)
+        """An image file decoded and transformed as in training: [3, H, W] (DataError names a bad file, or one
+        smaller than the tiles of a tiled model)."""
+        img = transform_image(load_image(Path(path)), self.image_size, self.crop_size)
+        tiling = self.model.tiling if isinstance(self.model, TiledMethod) else None
+        if tiling is not None and min(img.shape[-2:]) < tiling.size:
+            raise DataError(f"{path} is {img.shape[-1]}x{img.shape[-2]} px, smaller than the model's "
+                            f"{tiling.size} px tiles: it cannot be scored")
+        return img
+
+    @property
+    def map_size(self) -> list[int] | None:
+        """[H, W] of every anomaly map; None when each map has its own image's size (tiling at native size)."""
+        size = output_size(self.image_size, self.crop_size)
+        return list(size) if size is not None else None
 
     def score(self, images: list[torch.Tensor], paths: list[str | None]) -> list[Result]:
         """Score already transformed images ([3, H, W] each, from :meth:`load_file`)."""
@@ -291,7 +304,7 @@ def write_tables(det: Detector | None, rows: list[dict[str, Any]], output: Path)
                     threshold_source="option" if det.threshold_override is not None else
                     ("calibration" if det.calibration is not None else None),
                     calibration=det.calibration.to_dict() if det.calibration is not None else None,
-                    map_size=list(det.manifest["out_size"]))
+                    map_size=det.map_size)
     meta.update(n_images=len(rows), n_skipped=sum(r["status"] == "skipped" for r in rows), predictions=rows)
     _replace_atomically(lambda tmp: tmp.write_text(json.dumps(meta, indent=2)), output / "predictions.json")
     _replace_atomically(csv_rows, output / "predictions.csv")  # last: a new predictions.csv means all is in place

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .api import Prediction, RunContext
 from .calibration import Calibration, calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
 from .checkpoint import verify_checkpoint, write_checkpoint
-from .data.errors import ConfigError
+from .data.errors import ConfigError, DataError
 from .data.mvtec import MVTecDataModule
 from .data.synthetic import SyntheticDataModule
 from .evaluate import compute_metrics, metric_curves
@@ -166,6 +166,29 @@ def resume_check(cfg: DictConfig, out_path: Path, logger: str = "none") -> dict[
     return {**rec, "skipped": True, "path": str(out_path)}
 
 
+def check_native_sizes(dm: Any, calib_samples: list, tiling: Tiling) -> None:
+    """Images at their own sizes (``dataset.image_size=null``): every image must hold a tile, and the test images
+    must share one size (the evaluator stacks their masks). One line naming a file, from the file headers."""
+    from .data.mvtec import AnomalyDataset
+
+    for samples in (dm.train_samples, calib_samples, dm.test_samples):
+        ds = AnomalyDataset(list(samples), None, None, with_labels=False)
+        for i, smp in enumerate(ds.samples):
+            h, w = ds.item_size(i)
+            if min(h, w) < tiling.size:
+                raise ConfigError(f"{smp.path} is {w}x{h} px, smaller than dataset.tiling.size={tiling.size}; lower "
+                                  f"the tile size or remove the image")
+    sizes: dict[tuple[int, int], str] = {}
+    test = dm.test_dataset()
+    for i, smp in enumerate(test.samples):
+        sizes.setdefault(tuple(test.item_size(i)), str(smp.path))
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h} ({p})" for (h, w), p in list(sizes.items())[:3])
+        raise DataError(f"the test images have {len(sizes)} different sizes ({shown}); with dataset.image_size=null "
+                        f"the evaluator needs one size per test set: set dataset.image_size=N or test one size at a "
+                        f"time")
+
+
 def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, results_dir: Path,
                   out_path: Path) -> RunSetup:
     """Seed, load and check the data (every data error surfaces here, before model work), build the method."""
@@ -186,8 +209,14 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
     if tiling is None and dm.out_size is None:
         raise ConfigError("dataset.image_size=null (every image at its own size) needs tiling: set "
                           "dataset.tiling.size=N (e.g. 256), or set dataset.image_size=N")
+    if dm.image_size is None and dm.crop_size:
+        raise ConfigError(f"dataset.crop_size={dm.crop_size} with dataset.image_size=null would keep only the central "
+                          f"{dm.crop_size} px of each image at its own size and drop the rest; pass "
+                          f"dataset.crop_size=null (tiles cover the whole image) or set dataset.image_size=N")
     if tiling is not None and dm.out_size is not None:
         tiling.boxes(*dm.out_size)  # a tile larger than the images: one line now, not after loading the data
+    if tiling is not None and dm.out_size is None:
+        check_native_sizes(dm, calib_samples, tiling)  # from the file headers, before any model work
     data_id = [str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()), str(cfg.category), dm.image_size,
                dm.crop_size] + ([tiling.to_dict()] if tiling else [])
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,

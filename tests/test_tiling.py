@@ -3,6 +3,8 @@ synthetic category where tiling finds small defects that a resize misses, and pr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -239,3 +241,116 @@ def test_native_size_tiling_predicts_images_of_unseen_sizes(highres_root, tmp_pa
     assert r2.anomaly_map.shape == (384, 640)
     assert np.allclose(r2.anomaly_map, r.anomaly_map, rtol=1e-3, atol=1e-3 * float(np.abs(r.anomaly_map).max()))
     assert r2.score == pytest.approx(r.score, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(small_synthetic_root, tmp_path_factory):
+    """A folder dataset of images at their own sizes: normal images at 128 x 128 and 112 x 96 (W x H), anomalous
+    spots with masks at 128 x 128, normal test images at 128 x 128."""
+    root = tmp_path_factory.mktemp("mixed")
+    src = small_synthetic_root / "washer"
+    for d in ("normal", "test_normal", "test_mixed", "abn/spot", "masks/spot"):
+        (root / d).mkdir(parents=True)
+    for i, f in enumerate(sorted((src / "train" / "good").glob("*.png"))):
+        im = Image.open(f)
+        (im.resize((112, 96)) if i % 2 else im).save(root / "normal" / f"{i:03d}.png")
+    for i, f in enumerate(sorted((src / "test" / "good").glob("*.png"))[:3]):
+        Image.open(f).save(root / "test_normal" / f"{i:03d}.png")
+        (Image.open(f).resize((112, 96)) if i else Image.open(f)).save(root / "test_mixed" / f"{i:03d}.png")
+    for i, f in enumerate(sorted((src / "test" / "spot").glob("*.png"))):
+        Image.open(f).save(root / "abn" / "spot" / f.name)
+        Image.open(src / "ground_truth" / "spot" / f"{f.stem}_mask.png").save(root / "masks" / "spot" / f.name)
+    return root
+
+
+def _folder_overrides(root, tmp_path, *extra):
+    return ["method=mean_image", "preset=tiny", "dataset=folder", f"dataset.normal_dir={root / 'normal'}",
+            f"dataset.test_normal_dir={root / 'test_normal'}", f"dataset.abnormal_dir={root / 'abn'}",
+            f"dataset.mask_dir={root / 'masks'}", "category=mixed", "dataset.image_size=null",
+            "dataset.crop_size=null", "dataset.tiling.size=64", "dataset.tiling.stride=48", "dataset.batch_size=8",
+            "progress=false", f"results_dir={tmp_path}", *extra]
+
+
+def test_native_size_calibration_scores_held_out_images_of_several_sizes(mixed_folder, tmp_path):
+    """calibration.holdout holds out training images of two sizes: each is scored at its own size (no collate
+    error), and the threshold is their scores' quantile."""
+    record = run(compose_cfg(_folder_overrides(mixed_folder, tmp_path, "calibration.holdout=0.5")))
+    cal = record["calibration"]
+    assert cal["n_images"] == 6 and len(cal["scores"]) == 6
+    assert cal["threshold"] == pytest.approx(float(np.quantile(cal["scores"], 0.99)))
+
+
+def test_native_size_test_images_of_several_sizes_are_one_line_before_fitting(mixed_folder, tmp_path):
+    from adbench.data.errors import DataError
+
+    cfg = compose_cfg(_folder_overrides(mixed_folder, tmp_path, f"dataset.test_normal_dir={mixed_folder / 'test_mixed'}"))
+    with pytest.raises(DataError, match="the test images have 2 different sizes"):
+        run(cfg)
+
+
+def test_native_size_image_smaller_than_a_tile_is_named(mixed_folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"normal/\d+.png is 112x96 px, smaller than dataset.tiling.size=100"):
+        run(compose_cfg(_folder_overrides(mixed_folder, tmp_path, "dataset.tiling.size=100",
+                                          "dataset.tiling.stride=null")))
+
+
+def test_native_size_with_a_centre_crop_is_refused(small_synthetic_root, tmp_path):
+    """image_size=null with crop_size=224 would tile only the central 224 px of each image: refused, not silent."""
+    cfg = compose_cfg(["method=mean_image", f"results_dir={tmp_path}", *small_synthetic_overrides(small_synthetic_root),
+                       "dataset.image_size=null", "dataset.crop_size=96", "dataset.tiling.size=64"])
+    with pytest.raises(ConfigError, match="dataset.crop_size=96 with dataset.image_size=null"):
+        run(cfg)
+
+
+def test_predict_cli_tiled_small_image_skipped_and_map_size(mixed_folder, tmp_path):
+    """``adbench.predict`` on a native-size tiled checkpoint: an image smaller than a tile is a named DataError that
+    on_error=skip skips (the others are scored); predictions.json's map_size is null (each map has its image's
+    size), not the tile size."""
+    import json
+
+    from adbench.predict import main as predict_main
+
+    record = run(compose_cfg(_folder_overrides(mixed_folder, tmp_path, "save_model=true")))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.open(mixed_folder / "abn" / "spot" / "000.png").save(inp / "big.png")
+    Image.open(mixed_folder / "abn" / "spot" / "000.png").resize((40, 50)).save(inp / "small.png")
+    out = tmp_path / "out"
+    args = [f"checkpoint={record['checkpoint']}", f"input={inp}", f"output={out}", "progress=false"]
+    assert predict_main(args) != 0  # on_error=stop: the small image stops the run, naming it
+    assert predict_main([*args, "on_error=skip"]) == 1  # 1: some files were skipped
+    meta = json.loads((out / "predictions.json").read_text())
+    assert meta["map_size"] is None
+    rows = {Path(r["path"]).name: r for r in meta["predictions"]}
+    assert rows["small.png"]["status"] == "skipped" and "smaller than the model's 64 px tiles" in rows["small.png"]["reason"]
+    assert rows["big.png"]["status"] == "ok" and np.load(out / rows["big.png"]["map"]).shape == (128, 128)
+
+
+def test_predictions_json_map_size_of_a_resized_tiled_model(small_synthetic_root, tmp_path):
+    """Tiled at image_size=128 in 64 px tiles: the maps are 128 x 128, and predictions.json says so."""
+    import json
+
+    from adbench.predict import main as predict_main
+
+    record = run(compose_cfg(["method=mean_image", f"results_dir={tmp_path}", "save_model=true",
+                              *small_synthetic_overrides(small_synthetic_root), "dataset.tiling.size=64"]))
+    out = tmp_path / "out"
+    img = small_synthetic_root / "washer" / "test" / "spot" / "000.png"
+    assert predict_main([f"checkpoint={record['checkpoint']}", f"input={img}", f"output={out}", "progress=false"]) == 0
+    assert json.loads((out / "predictions.json").read_text())["map_size"] == [128, 128]
+
+
+def test_python_m_adbench_export_sees_the_method_exporters(small_synthetic_root, tmp_path, monkeypatch, capsys):
+    """``python -m adbench.export`` runs the file as __main__; it must still see the exporters the method packages
+    register (it said "methods with an exporter: none" for every method)."""
+    import runpy
+    import sys
+
+    record = run(compose_cfg(["method=mean_image", f"results_dir={tmp_path}", "save_model=true",
+                              *small_synthetic_overrides(small_synthetic_root), "dataset.tiling.size=64"]))
+    monkeypatch.setattr(sys, "argv", ["adbench.export", f"checkpoint={record['checkpoint']}",
+                                      f"output={tmp_path / 'm.onnx'}"])
+    with pytest.raises(SystemExit):
+        runpy.run_module("adbench.export", run_name="__main__")
+    err = capsys.readouterr().err
+    assert "methods with an exporter: none" not in err and "patchcore" in err
