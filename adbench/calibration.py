@@ -96,6 +96,8 @@ def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
 def calibration_loader(samples: Sequence[Sample], image_size: int, crop_size: int | None, batch_size: int) -> DataLoader:
     """Loader over held-out normal images, batches ``{"image", "path"}`` like the test loader."""
     ds = AnomalyDataset(list(samples), image_size, crop_size, with_labels=False)
+    if ds.out_size is None:  # images at their own sizes (tiling): one full-resolution image per batch
+        batch_size = 1
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 
 

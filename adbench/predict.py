@@ -192,7 +192,8 @@ class Detector:
             by_size.setdefault(tuple(img.shape[-2:]), []).append(i)
         scored: dict[int, tuple[float, np.ndarray]] = {}
         for idx in by_size.values():
-            loader = DataLoader(_Items([images[i] for i in idx], [names[i] for i in idx]), batch_size=self.batch_size,
+            bs = 1 if isinstance(self.model, TiledMethod) else self.batch_size  # it batches the tiles itself
+            loader = DataLoader(_Items([images[i] for i in idx], [names[i] for i in idx]), batch_size=bs,
                                 shuffle=False)
             pred = self.model.predict(loader)
             check_scores(pred, self.method_name, [names[i] for i in idx], "the input images")
@@ -396,7 +397,7 @@ def _predict_into(det: Detector, files: list[Path], names: list[Path], staging: 
                   show: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Score ``files`` and write their maps and overlays under ``staging``: (rows, {skipped file: reason})."""
     rows, skipped = [], {}
-    chunk = det.batch_size * 4  # bounded memory for large folders
+    chunk = det.batch_size * 4 if det.map_size is not None else 8  # bounded memory (full-size images: 8 at once)
     for i in progress(range(0, len(files), chunk), "predict", show, unit="chunk"):
         images, paths, chunk_names = [], [], []
         for f, name in zip(files[i : i + chunk], names[i : i + chunk]):

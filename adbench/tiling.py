@@ -139,13 +139,16 @@ class TiledMethod:
     """Any method, fitted and scored on tiles: ``fit`` / ``predict`` / ``save`` / ``load`` like the method itself.
 
     ``predict`` returns maps at each image's own size (stitched, overlaps averaged) and image scores = the max of
-    the tiles' image scores. Images are scored in groups of ``images_per_call`` so that the tile maps held at
-    once stay bounded.
+    the tiles' image scores. Images are scored in groups of at most ``images_per_call`` images and about
+    ``max_tiles`` tiles (at least one image) so that the tiles and tile maps held at once stay bounded however
+    large the images.
     """
 
-    def __init__(self, method: Any, tiling: Tiling, batch_size: int = 32, images_per_call: int = 8) -> None:
+    def __init__(self, method: Any, tiling: Tiling, batch_size: int = 32, images_per_call: int = 8,
+                 max_tiles: int = 256) -> None:
         self.method, self.tiling = method, tiling
         self.batch_size, self.images_per_call = int(batch_size), int(images_per_call)
+        self.max_tiles = int(max_tiles)
         self.extra_predictions: dict[str, Prediction] = {}
 
     def __getattr__(self, name: str) -> Any:  # train_log, timings, cfg, ...: the wrapped method's
@@ -166,8 +169,11 @@ class TiledMethod:
         maps: list[np.ndarray] = []
         extra: dict[str, tuple[list[float], list[np.ndarray]]] = {}
         group: list[tuple[torch.Tensor, str]] = []
+        n_tiles = 0
 
         def flush() -> None:
+            nonlocal n_tiles
+            n_tiles = 0
             preds = self._score_group(group)
             for key, (s, m) in preds.items():
                 dest = (scores, maps) if key == "" else extra.setdefault(key, ([], []))
@@ -177,7 +183,11 @@ class TiledMethod:
 
         for batch in test_loader:
             for img, path in zip(batch["image"], batch["path"]):
+                k = len(self.tiling.boxes(*img.shape[-2:]))
+                if group and n_tiles + k > self.max_tiles:
+                    flush()
                 group.append((img, str(path)))
+                n_tiles += k
                 if len(group) >= self.images_per_call:
                     flush()
         if group:

@@ -354,3 +354,33 @@ def test_python_m_adbench_export_sees_the_method_exporters(small_synthetic_root,
         runpy.run_module("adbench.export", run_name="__main__")
     err = capsys.readouterr().err
     assert "methods with an exporter: none" not in err and "patchcore" in err
+
+
+def test_tiled_predict_bounds_the_tiles_per_call():
+    """Large images: the tiles scored per call stay near ``max_tiles`` (at least one whole image per call)."""
+    calls = []
+
+    class Spy(_EchoMethod):
+        def predict(self, loader):
+            pred = super().predict(loader)
+            calls.append(len(pred.image_scores))
+            return pred
+
+    test = [torch.rand(3, 100, 130) for _ in range(5)]  # 6 tiles each
+    pred = TiledMethod(Spy(), Tiling(64, 40), batch_size=4, images_per_call=8, max_tiles=13).predict(
+        torch.utils.data.DataLoader(_Images(test), batch_size=5))
+    assert calls == [12, 12, 6] and pred.anomaly_maps.shape == (5, 100, 130)
+    calls.clear()
+    TiledMethod(Spy(), Tiling(64, 40), max_tiles=4).predict(torch.utils.data.DataLoader(_Images(test[:2]), batch_size=2))
+    assert calls == [6, 6]
+
+
+def test_native_size_test_loader_holds_one_image_per_batch(mixed_folder):
+    from adbench.calibration import calibration_loader
+    from adbench.data.folder import FolderDataModule
+
+    dm = FolderDataModule(mixed_folder / "normal", mixed_folder / "abn", test_normal_dir=mixed_folder / "test_normal",
+                          image_size=None, crop_size=None, batch_size=8).setup()
+    assert dm.test_dataloader().batch_size == 1 and dm.train_dataloader().batch_size == 8
+    assert calibration_loader(dm.train_samples[:3], None, None, 8).batch_size == 1
+    assert calibration_loader(dm.train_samples[:3], 64, None, 8).batch_size == 8

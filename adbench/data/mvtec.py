@@ -295,8 +295,13 @@ class MVTecDataModule:
         return self._loader(self.train_dataset())
 
     def test_dataloader(self) -> DataLoader:
-        """Test images without labels, ``{"image", "path"}`` batches: what methods get."""
-        return self._loader(self.test_dataset(with_labels=False))
+        """Test images without labels, ``{"image", "path"}`` batches: what methods get. Images at their own sizes
+        (tiling) come one per batch: a batch of full-resolution images would be large, and the tiled method
+        batches their tiles itself."""
+        ds = self.test_dataset(with_labels=False)
+        if self.out_size is None:
+            return DataLoader(ds, batch_size=1, shuffle=False, num_workers=self.num_workers, persistent_workers=False)
+        return self._loader(ds)
 
     def test_targets(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Labels [N], masks [N, H, W] and defect types of the test split, for the evaluator only."""
