@@ -125,9 +125,12 @@ def input_label(dataset: dict) -> str:
     """The input geometry of a run: '256→224 px' (resize, then centre crop) or '256 px' (no crop)."""
     size, crop = dataset.get("image_size"), dataset.get("crop_size")
     tiles = (dataset.get("tiling") or {}).get("size")
+    stride = (dataset.get("tiling") or {}).get("stride")
     if size is None and not tiles:
         return ""
     label = ("native" if size is None else f"{size}→{crop}" if crop else f"{size}") + " px"
+    if stride and tiles and stride != tiles:  # overlapping tiles: another input than the same tiles side by side
+        return f"{label}, {tiles} px tiles every {stride} px"
     return f"{label}, {tiles} px tiles" if tiles else label
 
 
@@ -164,12 +167,14 @@ def build_table(results_dir: str | Path, name: str = "summary", metrics: tuple[s
     if df.empty:
         raise FileNotFoundError(f"no run records under {Path(results_dir) / 'runs'}")
     cols = [m for m in metrics if m in df.columns]
-    g = df.groupby(["method", "dataset", "category"], dropna=False)[cols].mean()  # mean over seeds
+    # runs at different inputs (resize, crop, tiles) are different rows, not averaged as if they were seeds
+    keys = ["method", "dataset"] + (["input"] if df["input"].nunique(dropna=False) > 1 else [])
+    g = df.groupby([*keys, "category"], dropna=False)[cols].mean()  # mean over seeds
     table = g.reset_index()
     parts = []
-    for (method, dataset), sub in table.groupby(["method", "dataset"], dropna=False):
+    for key, sub in table.groupby(keys, dropna=False):
         sub = sub.sort_values("category")
-        mean = {"method": method, "dataset": dataset, "category": "mean", **sub[cols].mean().to_dict()}
+        mean = {**dict(zip(keys, key)), "category": "mean", **sub[cols].mean().to_dict()}
         parts.append(pd.concat([sub, pd.DataFrame([mean])], ignore_index=True))
     out = pd.concat(parts, ignore_index=True)
     results_dir = Path(results_dir)

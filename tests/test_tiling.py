@@ -384,3 +384,20 @@ def test_native_size_test_loader_holds_one_image_per_batch(mixed_folder):
     assert dm.test_dataloader().batch_size == 1 and dm.train_dataloader().batch_size == 8
     assert calibration_loader(dm.train_samples[:3], None, None, 8).batch_size == 1
     assert calibration_loader(dm.train_samples[:3], 64, None, 8).batch_size == 8
+
+
+def test_results_table_keeps_tiled_and_untiled_runs_apart(tmp_path):
+    """``python -m adbench.results``: a tiled run and an untiled one of the same method and category are two rows
+    (with their input), not one row averaging them as if they were seeds."""
+    from adbench.results import build_table, run_path, write_json_atomic
+
+    for tiles, stride, auroc in ((None, None, 0.6), (64, None, 1.0), (64, 48, 0.8)):
+        cfg = {"method": {"name": "mean_image"}, "dataset": {"name": "synthetic", "image_size": 256, "crop_size": None,
+                                                             "tiling": {"size": tiles, "stride": stride}},
+               "category": "washer", "seed": 0, "preset": {"name": "tiny"}}
+        write_json_atomic(run_path(tmp_path, cfg), {"status": "ok", "config": cfg,
+                                                     "metrics": {"image_auroc": auroc, "pixel_auroc": 0.9}})
+    out = build_table(tmp_path).set_index(["input", "category"])
+    assert out.loc[("256 px", "washer"), "image_auroc"] == pytest.approx(0.6)
+    assert out.loc[("256 px, 64 px tiles", "washer"), "image_auroc"] == pytest.approx(1.0)
+    assert out.loc[("256 px, 64 px tiles every 48 px", "washer"), "image_auroc"] == pytest.approx(0.8)
