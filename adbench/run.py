@@ -24,7 +24,7 @@ from .evaluate import compute_metrics, metric_curves
 from .registry import get_method, list_methods
 from .results import (clean_metrics, config_hash, failure_path, git_commit, package_versions, read_record, run_path,
                       warn, write_json_atomic)
-from .tiling import TiledMethod, Tiling
+from .tiling import TiledMethod, Tiling, tiling_note
 from .trainlog import check_logger, record_log, tensorboard_dir, write_tensorboard
 from .utils import ensure_writable_dir, peak_rss_mb, resolve_device, seed_everything, write_dir_atomic, write_failed
 
@@ -224,7 +224,12 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
                      work_dir=work_dir, progress=bool(cfg.get("progress", True)),
                      feature_cache=Path(cfg.feature_cache) if cfg.get("feature_cache") else None,
                      data_id=json.dumps(data_id))
-    method = get_method(method_name)(cfg.method, ctx)
+    try:
+        method = get_method(method_name)(cfg.method, ctx)
+    except ConfigError as err:
+        if tiling is None:
+            raise
+        raise ConfigError(f"{err} ({tiling_note(tiling)})") from None
     if tiling is not None:  # the method sees tiles; the harness sees whole images
         method = TiledMethod(method, tiling, batch_size=int(cfg.dataset.batch_size))
     return RunSetup(cfg=cfg, resolved=resolved, method_name=method_name, results_dir=results_dir, out_path=out_path,

@@ -135,6 +135,12 @@ def image_shapes(dataset: Dataset) -> list[tuple[int, int]]:
     return [tuple(dataset[i]["image"].shape[-2:]) for i in range(len(dataset))]
 
 
+def tiling_note(tiling: Tiling) -> str:
+    """What a method's own size error means under tiling (its images are the tiles)."""
+    return (f"tiled: the method's images are the {tiling.size} x {tiling.size} px tiles, so the size to change is "
+            f"dataset.tiling.size")
+
+
 class TiledMethod:
     """Any method, fitted and scored on tiles: ``fit`` / ``predict`` / ``save`` / ``load`` like the method itself.
 
@@ -160,8 +166,11 @@ class TiledMethod:
         """Fit the method on the tiles of every training image (same batch size, same order)."""
         ds = train_loader.dataset
         tiles = TileDataset(ds, self.tiling, image_shapes(ds))
-        self.method.fit(DataLoader(tiles, batch_size=train_loader.batch_size or self.batch_size, shuffle=False,
-                                   num_workers=0))
+        try:
+            self.method.fit(DataLoader(tiles, batch_size=train_loader.batch_size or self.batch_size, shuffle=False,
+                                       num_workers=0))
+        except ConfigError as err:
+            raise ConfigError(f"{err} ({tiling_note(self.tiling)})") from None
 
     def predict(self, test_loader: DataLoader) -> Prediction:
         """Score the tiles of each image; stitch the maps; image score = max over the image's tiles."""
