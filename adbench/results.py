@@ -27,6 +27,9 @@ def config_hash(cfg: dict[str, Any]) -> str:
     dataset = core.get("dataset")
     if isinstance(dataset, dict) and "tiling" in dataset and not (dataset["tiling"] or {}).get("size"):
         core["dataset"] = {k: v for k, v in dataset.items() if k != "tiling"}  # off = absent: older hashes hold
+    elif isinstance(dataset, dict) and isinstance(dataset.get("tiling"), dict) and dataset["tiling"].get("stride") is None:
+        tiling = {**dataset["tiling"], "stride": dataset["tiling"]["size"]}  # stride null = size: one run, one hash
+        core["dataset"] = {**dataset, "tiling": tiling}
     blob = json.dumps(core, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

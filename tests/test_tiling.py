@@ -413,3 +413,15 @@ def test_a_method_size_error_under_tiling_names_the_tile_size(name, message, sma
                        *small_synthetic_overrides(small_synthetic_root), f"dataset.tiling.size={tile}"])
     with pytest.raises(ConfigError, match=f"{message}.*dataset.tiling.size"):
         run(cfg)
+
+
+def test_default_stride_and_the_same_stride_spelled_out_share_a_hash():
+    """stride=null means stride=size: the same run, so the same record (resume skips it), not a second one."""
+    from omegaconf import OmegaConf
+
+    def h(*o):
+        return config_hash(OmegaConf.to_container(compose_cfg(["method=patchcore", *o]), resolve=True))
+
+    assert h("dataset.tiling.size=112") == h("dataset.tiling.size=112", "dataset.tiling.stride=112")
+    assert h("dataset.tiling.size=112") != h("dataset.tiling.size=112", "dataset.tiling.stride=96")
+    assert h("dataset.tiling.size=112") != h()
