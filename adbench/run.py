@@ -166,18 +166,21 @@ def resume_check(cfg: DictConfig, out_path: Path, logger: str = "none") -> dict[
     return {**rec, "skipped": True, "path": str(out_path)}
 
 
-def check_native_sizes(dm: Any, calib_samples: list, tiling: Tiling) -> None:
+def check_native_sizes(dm: Any, calib_samples: list, tiling: Tiling) -> int:
     """Images at their own sizes (``dataset.image_size=null``): every image must hold a tile, and the test images
-    must share one size (the evaluator stacks their masks). One line naming a file, from the file headers."""
+    must share one size (the evaluator stacks their masks). One line naming a file, from the file headers.
+    Returns the number of training tiles."""
     from .data.mvtec import AnomalyDataset
 
-    for samples in (dm.train_samples, calib_samples, dm.test_samples):
+    n_train_tiles = 0
+    for k, samples in enumerate((dm.train_samples, calib_samples, dm.test_samples)):
         ds = AnomalyDataset(list(samples), None, None, with_labels=False)
         for i, smp in enumerate(ds.samples):
             h, w = ds.item_size(i)
             if min(h, w) < tiling.size:
                 raise ConfigError(f"{smp.path} is {w}x{h} px, smaller than dataset.tiling.size={tiling.size}; lower "
                                   f"the tile size or remove the image")
+            n_train_tiles += len(tiling.boxes(h, w)) if k == 0 else 0
     sizes: dict[tuple[int, int], str] = {}
     test = dm.test_dataset()
     for i, smp in enumerate(test.samples):
@@ -187,6 +190,7 @@ def check_native_sizes(dm: Any, calib_samples: list, tiling: Tiling) -> None:
         raise DataError(f"the test images have {len(sizes)} different sizes ({shown}); with dataset.image_size=null "
                         f"the evaluator needs one size per test set: set dataset.image_size=N or test one size at a "
                         f"time")
+    return n_train_tiles
 
 
 def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, results_dir: Path,
@@ -214,9 +218,13 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
                           f"{dm.crop_size} px of each image at its own size and drop the rest; pass "
                           f"dataset.crop_size=null (tiles cover the whole image) or set dataset.image_size=N")
     if tiling is not None and dm.out_size is not None:
-        tiling.boxes(*dm.out_size)  # a tile larger than the images: one line now, not after loading the data
+        per_image = len(tiling.boxes(*dm.out_size))  # a tile larger than the images: one line now, before the data
+        print(f"tiling: {tiling.size} px tiles every {tiling.stride} px, {per_image} per {dm.out_size[1]}x"
+              f"{dm.out_size[0]} image, {per_image * len(dm.train_samples)} training tiles")
     if tiling is not None and dm.out_size is None:
-        check_native_sizes(dm, calib_samples, tiling)  # from the file headers, before any model work
+        n_tiles = check_native_sizes(dm, calib_samples, tiling)  # from the file headers, before any model work
+        print(f"tiling: {tiling.size} px tiles every {tiling.stride} px of each image at its own size, "
+              f"{n_tiles} training tiles")
     data_id = [str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()), str(cfg.category), dm.image_size,
                dm.crop_size] + ([tiling.to_dict()] if tiling else [])
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,

@@ -425,3 +425,13 @@ def test_default_stride_and_the_same_stride_spelled_out_share_a_hash():
     assert h("dataset.tiling.size=112") == h("dataset.tiling.size=112", "dataset.tiling.stride=112")
     assert h("dataset.tiling.size=112") != h("dataset.tiling.size=112", "dataset.tiling.stride=96")
     assert h("dataset.tiling.size=112") != h()
+
+
+def test_a_tiled_run_says_how_many_tiles_it_fits_on(small_synthetic_root, mixed_folder, tmp_path, capsys):
+    """The tile count grows as (side / stride)^2: the run prints it before any model work."""
+    run(compose_cfg(["method=mean_image", f"results_dir={tmp_path / 'a'}", *small_synthetic_overrides(small_synthetic_root),
+                     "dataset.tiling.size=64", "dataset.tiling.stride=32"]))
+    assert "tiling: 64 px tiles every 32 px, 9 per 128x128 image, 108 training tiles" in capsys.readouterr().out
+    run(compose_cfg(_folder_overrides(mixed_folder, tmp_path / "b", "calibration.holdout=0")))
+    # 6 images of 128 x 128 (3 x 3 tiles of 64 every 48) and 6 of 112 x 96 (2 x 2 tiles)
+    assert "of each image at its own size, 78 training tiles" in capsys.readouterr().out
