@@ -435,3 +435,24 @@ def test_a_tiled_run_says_how_many_tiles_it_fits_on(small_synthetic_root, mixed_
     run(compose_cfg(_folder_overrides(mixed_folder, tmp_path / "b", "calibration.holdout=0")))
     # 6 images of 128 x 128 (3 x 3 tiles of 64 every 48) and 6 of 112 x 96 (2 x 2 tiles)
     assert "of each image at its own size, 78 training tiles" in capsys.readouterr().out
+
+
+def test_synthetic_folder_is_regenerated_when_only_defect_scale_changes(tmp_path):
+    """A category generated with defect_scale=0.25 is not reused for defect_scale=1 (the record would claim the
+    usual defects while the data held quarter-size ones), and back."""
+    import json
+
+    from adbench.data.synthetic import ensure_category
+
+    kw = dict(seed=0, n_train=1, n_test_good=1, n_per_defect=1, size=64)
+    marker = lambda: json.loads(next((tmp_path / "washer").glob(".adbench*")).read_text())  # noqa: E731
+    ensure_category(tmp_path, "washer", defect_scale=0.25, **kw)
+    assert marker()["defect_scale"] == 0.25
+    ensure_category(tmp_path, "washer", defect_scale=1.0, **kw)
+    assert "defect_scale" not in marker()
+    ensure_category(tmp_path, "washer", **kw)
+    assert "defect_scale" not in marker()
+    ensure_category(tmp_path, "washer", defect_scale=0.25, **kw)
+    assert marker()["defect_scale"] == 0.25
+    with pytest.raises(ConfigError, match="defect_scale=0.0 must be a number > 0"):
+        ensure_category(tmp_path, "washer", defect_scale=0.0, **kw)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import ConfigError
 from .mvtec import MVTecDataModule
 
 SYNTHETIC_CATEGORIES = ("washer", "weave")
@@ -100,6 +101,9 @@ def generate_category(root: str | Path, category: str, seed: int = 0, size: int 
     paints smaller defects (e.g. 0.25 at size 1024: spots of 8-18 px radius, which a resize to 256 all but erases)."""
     if category not in SYNTHETIC_CATEGORIES:
         raise ValueError(f"unknown synthetic category {category!r}; known: {', '.join(SYNTHETIC_CATEGORIES)}")
+    if not 0 < defect_scale < float("inf"):
+        raise ConfigError(f"dataset.generator.defect_scale={defect_scale} must be a number > 0 (1: the usual defect "
+                          f"sizes, 0.25: a quarter of them)")
     cdir = Path(root) / category
     if cdir.exists():
         shutil.rmtree(cdir)
@@ -133,9 +137,8 @@ def ensure_category(root: str | Path, category: str, seed: int = 0, **kwargs: in
     if marker.is_file():
         params = json.loads(marker.read_text())
         wanted = dict(version=GENERATOR_VERSION, seed=seed, **kwargs)
-        if wanted.get("defect_scale", 1.0) == 1.0:
-            wanted.pop("defect_scale", None)
-        if all(params.get(k) == v for k, v in wanted.items()):
+        scale = wanted.pop("defect_scale", 1.0)  # absent from the marker = 1 (folders generated before the option)
+        if all(params.get(k) == v for k, v in wanted.items()) and params.get("defect_scale", 1.0) == scale:
             return cdir
     return generate_category(root, category, seed=seed, **kwargs)
 
