@@ -102,6 +102,8 @@ class Detector:
         self.crop_size = self.manifest.get("crop_size")
         default_bs = self.cfg.get("dataset", {}).get("batch_size", 8) if self.cfg else 8
         self.batch_size = int(batch_size or default_bs)
+        if isinstance(self.model, TiledMethod):  # batch_size= sets the tiles per batch of a tiled model
+            self.model.batch_size = self.batch_size
         self.threshold_override = threshold
 
     @property

@@ -173,7 +173,8 @@ def test_every_method_runs_tiled(name, small_synthetic_root, tmp_path):
 
     from adbench.predict import Detector
 
-    det = Detector(record["checkpoint"])
+    det = Detector(record["checkpoint"], batch_size=5)
+    assert det.model.batch_size == 5  # predict's batch_size= is the tiles per batch
     img = small_synthetic_root / "washer" / "test" / "spot" / "000.png"
     r = det.predict(img)
     assert r.anomaly_map.shape == (128, 128)
