@@ -131,7 +131,7 @@ def input_label(dataset: dict) -> str:
     stride = (dataset.get("tiling") or {}).get("stride")
     if size is None and not tiles:
         return ""
-    label = ("native" if size is None else f"{size}→{crop}" if crop else f"{size}") + " px"
+    label = "native size" if size is None else (f"{size}→{crop}" if crop else f"{size}") + " px"
     if stride and tiles and stride != tiles:  # overlapping tiles: another input than the same tiles side by side
         return f"{label}, {tiles} px tiles every {stride} px"
     return f"{label}, {tiles} px tiles" if tiles else label

@@ -457,3 +457,13 @@ def test_synthetic_folder_is_regenerated_when_only_defect_scale_changes(tmp_path
     assert marker()["defect_scale"] == 0.25
     with pytest.raises(ConfigError, match="defect_scale=0.0 must be a number > 0"):
         ensure_category(tmp_path, "washer", defect_scale=0.0, **kw)
+
+
+def test_input_labels_of_tiled_runs():
+    from adbench.results import input_label
+
+    assert input_label({"image_size": None, "crop_size": None, "tiling": {"size": 96, "stride": None}}) == \
+        "native size, 96 px tiles"
+    assert input_label({"image_size": 512, "crop_size": None, "tiling": {"size": 128, "stride": 96}}) == \
+        "512 px, 128 px tiles every 96 px"
+    assert input_label({"image_size": 256, "crop_size": 224, "tiling": {"size": None, "stride": None}}) == "256→224 px"
