@@ -168,11 +168,16 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         except Exception as err:  # noqa: BLE001 - any missing or malformed key
             raise ConfigError(f"{d / CONFIG} is not an adbench run config ({type(err).__name__}); retrain with "
                               f"save_model=true") from None
-        out = output_size(manifest["image_size"], manifest["crop_size"])
+        try:
+            tiling = Tiling.from_cfg(cfg.dataset.get("tiling"))
+        except ConfigError as err:
+            raise ConfigError(f"{d / CONFIG}: {err}; retrain with save_model=true") from None
+        out = (tiling.size, tiling.size) if tiling else output_size(manifest["image_size"], manifest["crop_size"])
         if out is None:
             raise ConfigError(f"{d / CONFIG} has dataset.image_size=null and no {MANIFEST}; retrain with "
                               f"save_model=true")
-        manifest["out_size"] = list(out)
+        manifest["out_size"] = list(out)  # what the method sees: the tile when the config tiles
+        manifest["tiling"] = tiling.to_dict() if tiling else None
     else:
         raise ConfigError(f"checkpoint={directory} is not an adbench checkpoint (no {MANIFEST} or {CONFIG} in it); "
                           f"pass the folder a run with save_model=true wrote")

@@ -467,3 +467,21 @@ def test_input_labels_of_tiled_runs():
     assert input_label({"image_size": 512, "crop_size": None, "tiling": {"size": 128, "stride": 96}}) == \
         "512 px, 128 px tiles every 96 px"
     assert input_label({"image_size": 256, "crop_size": 224, "tiling": {"size": None, "stride": None}}) == "256→224 px"
+
+
+def test_checkpoint_without_manifest_keeps_its_tiling(small_synthetic_root, tmp_path):
+    """A checkpoint folder whose manifest is gone falls back to its config.yaml: a tiled one must still load as
+    tiled (tile-sized model, maps at the image size), not as an untiled model of the image size."""
+    from adbench.checkpoint import MANIFEST
+    from adbench.predict import Detector
+
+    record = run(compose_cfg(["method=mean_image", f"results_dir={tmp_path}", "save_model=true",
+                              *small_synthetic_overrides(small_synthetic_root), "dataset.tiling.size=64",
+                              "dataset.tiling.stride=48"]))
+    img = small_synthetic_root / "washer" / "test" / "spot" / "000.png"
+    before = Detector(record["checkpoint"]).predict(img)
+    (Path(record["checkpoint"]) / MANIFEST).unlink()
+    det = Detector(record["checkpoint"])
+    assert det.manifest["tiling"] == {"size": 64, "stride": 48} and det.manifest["out_size"] == [64, 64]
+    after = det.predict(img)
+    assert after.anomaly_map.shape == (128, 128) and after.score == pytest.approx(before.score, rel=1e-5)
