@@ -113,15 +113,21 @@ def clean_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None], l
 
 
 def variant_of(method: str, cfg: dict) -> str:
-    """The published column a run belongs to (e.g. 'coreset 10%', '3way'); '' for single-variant methods."""
-    m = cfg.get("method", {})
-    if method == "patchcore":
-        return f"coreset {float(m.get('coreset', {}).get('ratio', 0)) * 100:g}%"
-    if method == "cutpaste":
-        return str(m.get("variant", ""))
+    """The published column a run belongs to (e.g. 'coreset 10%', '3way'); '' for single-variant methods. A tiled
+    run is a variant of its own ('coreset 10%, 512 px, 128 px tiles'): it is never averaged with, or shown as, the
+    paper protocol's row."""
+    m, dataset = cfg.get("method", {}), cfg.get("dataset", {})
     if method in ("mean_image", "pixel_gaussian"):  # the reference baselines: one row per input geometry
-        return input_label(cfg.get("dataset", {}))
-    return ""
+        return input_label(dataset)
+    if method == "patchcore":
+        base = f"coreset {float(m.get('coreset', {}).get('ratio', 0)) * 100:g}%"
+    elif method == "cutpaste":
+        base = str(m.get("variant", ""))
+    else:
+        base = ""
+    if (dataset.get("tiling") or {}).get("size"):
+        return f"{base}, {input_label(dataset)}" if base else input_label(dataset)
+    return base
 
 
 def input_label(dataset: dict) -> str:

@@ -137,3 +137,20 @@ def test_imports_flow_one_way_records_tables_report():
     assert not {i for i in records if "table1" in i or "report" in i}
     assert not {i for i in tables if "report" in i}
     assert "..results" in tables and ".table1" in report
+
+
+def test_a_tiled_run_never_replaces_the_paper_protocol_row(tmp_path):
+    """A newer tiled PatchCore run is a variant of its own: Table 1's 'PatchCore 10%' row stays the untiled run."""
+    _fake(tmp_path, "patchcore", "bottle", 0, {"image_auroc": 0.99, "pixel_auroc": 0.98, "aupro": 0.9},
+          "2026-11-29T10:00:00", coreset={"ratio": 0.1})
+    cfg = {"method": {"name": "patchcore", "coreset": {"ratio": 0.1}},
+           "dataset": {"name": "mvtec", "image_size": None, "crop_size": None, "tiling": {"size": 256, "stride": 256}},
+           "category": "bottle", "seed": 0, "preset": {"name": "cpu"}}
+    write_json_atomic(run_path(tmp_path, cfg), {"status": "ok", "config": cfg, "finished_at": "2026-11-30T10:00:00",
+                                                "metrics": {"image_auroc": 0.50, "pixel_auroc": 0.5, "aupro": 0.5}})
+    table = build(tmp_path, "cpu", ["patchcore"])
+    row = table[(table.label == "PatchCore 10%") & (table.category == "bottle")].iloc[0]
+    assert row.image_auroc == 99.0 and row.n_runs == 1
+    from adbench.results import variant_of
+
+    assert variant_of("patchcore", cfg) == "coreset 10%, native size, 256 px tiles"
