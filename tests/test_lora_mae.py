@@ -412,3 +412,40 @@ def test_holdout_logs_val_ratio_and_standardises(how):
         LoRAMAE(_method_cfg(**{"inference.standardize": how}), RunContext(image_size=(64, 64)))
     with pytest.raises(ConfigError, match="holds out 0 of 3"):
         LoRAMAE(_method_cfg(**{"train.holdout": 0.1}), RunContext(image_size=(64, 64))).train_on(torch.randn(3, 3, 64, 64))
+
+
+# --- the other map kinds of the same model (extra_predictions) --------------------------------------------------
+
+def test_extra_predictions_are_the_other_map_kinds_of_the_same_model():
+    cfg = _method_cfg(**{"train.epochs": 1, "train.holdout": 0.25, "inference.standardize": "residual"})
+    m = LoRAMAE(cfg, RunContext(image_size=(64, 64), progress=False))
+    m.train_on(torch.randn(8, 3, 64, 64))
+    x = torch.randn(3, 3, 64, 64)
+    pred = m.predict([{"image": x[:2]}, {"image": x[2:]}])  # two batches, as a loader gives them
+    assert set(m.extra_predictions) == {"raw", "error"}
+
+    def smoothed(maps):
+        return gaussian_blur(maps, float(cfg.inference.smoothing_sigma)).numpy()
+
+    raw = m.extra_predictions["raw"]  # the unstandardised squared error of the same reconstructions
+    np.testing.assert_allclose(raw.anomaly_maps, smoothed(m.anomaly_maps(x)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(raw.image_scores, raw.anomaly_maps.reshape(3, -1).max(1), rtol=1e-6)
+    np.testing.assert_allclose(pred.anomaly_maps, smoothed(m.scored_maps(x)), rtol=1e-5, atol=1e-6)
+    m.cfg.inference.standardize = "error"  # the main map is the configured kind, the extras the others
+    np.testing.assert_allclose(m.extra_predictions["error"].anomaly_maps, smoothed(m.scored_maps(x)), rtol=1e-5,
+                               atol=1e-6)
+    # no held-out statistics (the paper preset): only the squared error, nothing extra
+    plain = LoRAMAE(_method_cfg(**{"train.epochs": 1}), RunContext(image_size=(64, 64), progress=False))
+    plain.train_on(torch.randn(8, 3, 64, 64))
+    np.testing.assert_allclose(plain.predict([{"image": x}]).anomaly_maps, smoothed(plain.anomaly_maps(x)),
+                               rtol=1e-5, atol=1e-7)
+    assert plain.extra_predictions == {}
+
+
+def test_record_carries_the_raw_maps_beside_the_standardised(small_synthetic_root, tmp_path):
+    cfg = compose_cfg(["method=lora_mae", "preset=tiny", f"results_dir={tmp_path}", "method.train.epochs=1",
+                       "method.train.holdout=0.25", "method.inference.standardize=residual",
+                       *small_synthetic_overrides(small_synthetic_root)])
+    record = run(cfg)
+    assert set(record["extra_metrics"]) == {"raw", "error"}
+    assert 0 <= record["extra_metrics"]["raw"]["pixel_auroc"] <= 1

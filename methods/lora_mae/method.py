@@ -138,6 +138,7 @@ class LoRAMAE:
         self.stats: dict[str, torch.Tensor] | None = None  # per-pixel statistics of held-out normal training images
         self.fitted = False
         self.timings: dict[str, float] = {}
+        self.extra_predictions: dict[str, Prediction] = {}  # other map kinds of the same model, after predict()
 
     def _check_config(self) -> None:
         c = self.cfg
@@ -364,34 +365,55 @@ class LoRAMAE:
         err = res.pow(2).mean(1)  # [N, H, W]
         self.stats = {"res_mean": res.mean(0), "res_std": res.std(0), "err_mean": err.mean(0), "err_std": err.std(0)}
 
+    def maps_by_kind(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unsmoothed maps [B, H, W] of every kind this model can give, from one K-pass reconstruction, keyed by
+        the ``inference.standardize`` value that selects them: ``none`` (squared error, channel mean) always;
+        with the held-out statistics also ``error`` (its per-pixel z-score) and ``residual`` (RMS over channels
+        of the per-pixel, per-channel z-scores of the residual)."""
+        res = self.residuals(x)  # [B, 3, H, W]
+        out = {"none": res.pow(2).mean(dim=1)}
+        if self.stats is not None:
+            floor = float(self.cfg.inference.get("std_floor", 0.1))
+            st = {k: v.to(self.device) for k, v in self.stats.items()}
+            out["error"] = standardise(out["none"], st["err_mean"], st["err_std"], floor)
+            z = standardise(res, st["res_mean"], st["res_std"], floor)  # [B, 3, H, W]
+            out["residual"] = z.pow(2).mean(dim=1).sqrt()
+        return out
+
     def scored_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Unsmoothed maps [B, H, W] per ``inference.standardize``: squared error (none), its per-pixel z-score
-        (error), or the RMS over channels of the per-pixel, per-channel z-scores of the residual (residual)."""
+        """Unsmoothed maps [B, H, W] per ``inference.standardize`` (see :meth:`maps_by_kind`)."""
         how = str(self.cfg.inference.get("standardize", "none"))
-        if how == "none":
-            return self.anomaly_maps(x)
-        if self.stats is None:
+        maps = self.maps_by_kind(x)
+        if how not in maps:
             raise RuntimeError(f"lora_mae: inference.standardize={how} needs the held-out statistics of fit()")
-        floor = float(self.cfg.inference.get("std_floor", 0.1))
-        st = {k: v.to(self.device) for k, v in self.stats.items()}
-        if how == "error":
-            return standardise(self.anomaly_maps(x), st["err_mean"], st["err_std"], floor)
-        z = standardise(self.residuals(x), st["res_mean"], st["res_std"], floor)  # [B, 3, H, W]
-        return z.pow(2).mean(dim=1).sqrt()
+        return maps[how]
 
     def predict(self, test_loader: DataLoader) -> Prediction:
-        """Image scores [N] and smoothed maps [N, H, W] (see :meth:`scored_maps`)."""
+        """Image scores [N] and smoothed maps [N, H, W] of ``inference.standardize`` (see :meth:`maps_by_kind`).
+
+        The other map kinds of the same model and the same reconstructions go to ``extra_predictions``, named
+        ``raw`` (the unstandardised squared error, standardize=none), ``error`` and ``residual`` (the latter two
+        only with held-out statistics), smoothed and scored alike.
+        """
         inf = self.cfg.inference
-        scores, maps = [], []
+        how = str(inf.get("standardize", "none"))
+        radius = inf.get("smoothing_radius")
+        scores: dict[str, list[torch.Tensor]] = {}
+        maps: dict[str, list[torch.Tensor]] = {}
         t0 = time.perf_counter()
         for batch in progress(test_loader, "lora_mae: predict", self.ctx.progress, unit="batch"):
-            raw = self.scored_maps(batch["image"])  # [B, H, W]
-            radius = inf.get("smoothing_radius")
-            smooth = gaussian_blur(raw, float(inf.smoothing_sigma), None if radius is None else int(radius))
-            scores.append(image_scores(smooth, str(inf.image_score), int(inf.topk)).cpu())
-            maps.append(smooth.cpu())
+            kinds = self.maps_by_kind(batch["image"])  # kind -> [B, H, W]
+            if how not in kinds:
+                raise RuntimeError(f"lora_mae: inference.standardize={how} needs the held-out statistics of fit()")
+            for kind, raw in kinds.items():
+                smooth = gaussian_blur(raw, float(inf.smoothing_sigma), None if radius is None else int(radius))
+                scores.setdefault(kind, []).append(image_scores(smooth, str(inf.image_score), int(inf.topk)).cpu())
+                maps.setdefault(kind, []).append(smooth.cpu())
         self.timings["predict_s"] = time.perf_counter() - t0
-        return Prediction(torch.cat(scores).numpy(), torch.cat(maps).numpy())
+        preds = {kind: Prediction(torch.cat(scores[kind]).numpy(), torch.cat(maps[kind]).numpy()) for kind in maps}
+        main = preds.pop(how)
+        self.extra_predictions = {("raw" if kind == "none" else kind): p for kind, p in preds.items()}
+        return main
 
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
