@@ -341,6 +341,7 @@ def test_predictions_json_map_size_of_a_resized_tiled_model(small_synthetic_root
     assert json.loads((out / "predictions.json").read_text())["map_size"] == [128, 128]
 
 
+@pytest.mark.filterwarnings("ignore:'adbench.export' found in sys.modules")  # runpy in a process that imported it
 def test_python_m_adbench_export_sees_the_method_exporters(small_synthetic_root, tmp_path, monkeypatch, capsys):
     """``python -m adbench.export`` runs the file as __main__; it must still see the exporters the method packages
     register (it said "methods with an exporter: none" for every method)."""
