@@ -168,29 +168,51 @@ def resume_check(cfg: DictConfig, out_path: Path, logger: str = "none") -> dict[
 
 def check_native_sizes(dm: Any, calib_samples: list, tiling: Tiling) -> int:
     """Images at their own sizes (``dataset.image_size=null``): every image must hold a tile, and the test images
-    must share one size (the evaluator stacks their masks). One line naming a file, from the file headers.
-    Returns the number of training tiles."""
+    must share one size (the evaluator stacks their masks). One line naming a file, from the file headers (each
+    read once). Returns the number of training tiles."""
     from .data.mvtec import AnomalyDataset
 
     n_train_tiles = 0
-    for k, samples in enumerate((dm.train_samples, calib_samples, dm.test_samples)):
+    test_sizes: dict[tuple[int, int], str] = {}
+    for split, samples in (("train", dm.train_samples), ("calibration", calib_samples), ("test", dm.test_samples)):
         ds = AnomalyDataset(list(samples), None, None, with_labels=False)
         for i, smp in enumerate(ds.samples):
             h, w = ds.item_size(i)
             if min(h, w) < tiling.size:
                 raise ConfigError(f"{smp.path} is {w}x{h} px, smaller than dataset.tiling.size={tiling.size}; lower "
                                   f"the tile size or remove the image")
-            n_train_tiles += len(tiling.boxes(h, w)) if k == 0 else 0
-    sizes: dict[tuple[int, int], str] = {}
-    test = dm.test_dataset()
-    for i, smp in enumerate(test.samples):
-        sizes.setdefault(tuple(test.item_size(i)), str(smp.path))
-    if len(sizes) > 1:
-        shown = ", ".join(f"{w}x{h} ({p})" for (h, w), p in list(sizes.items())[:3])
-        raise DataError(f"the test images have {len(sizes)} different sizes ({shown}); with dataset.image_size=null "
+            if split == "train":
+                n_train_tiles += len(tiling.boxes(h, w))
+            elif split == "test":
+                test_sizes.setdefault((h, w), str(smp.path))
+    if len(test_sizes) > 1:
+        shown = ", ".join(f"{w}x{h} ({p})" for (h, w), p in list(test_sizes.items())[:3])
+        raise DataError(f"the test images have {len(test_sizes)} different sizes ({shown}); with dataset.image_size=null "
                         f"the evaluator needs one size per test set: set dataset.image_size=N or test one size at a "
                         f"time")
     return n_train_tiles
+
+
+def check_tiling(dm: Any, calib_samples: list, tiling: Tiling | None) -> None:
+    """The input geometry before any model work: ``image_size=null`` needs tiling and no crop; tiles must fit the
+    images (at native size: every file, from its header). Prints the tile count of a tiled run."""
+    if tiling is None and dm.out_size is None:
+        raise ConfigError("dataset.image_size=null (every image at its own size) needs tiling: set "
+                          "dataset.tiling.size=N (e.g. 256), or set dataset.image_size=N")
+    if dm.image_size is None and dm.crop_size:
+        raise ConfigError(f"dataset.crop_size={dm.crop_size} with dataset.image_size=null would keep only the central "
+                          f"{dm.crop_size} px of each image at its own size and drop the rest; pass "
+                          f"dataset.crop_size=null (tiles cover the whole image) or set dataset.image_size=N")
+    if tiling is None:
+        return
+    if dm.out_size is not None:
+        per_image = len(tiling.boxes(*dm.out_size))  # a tile larger than the images: one line now, before the data
+        print(f"tiling: {tiling.size} px tiles every {tiling.stride} px, {per_image} per {dm.out_size[1]}x"
+              f"{dm.out_size[0]} image, {per_image * len(dm.train_samples)} training tiles")
+    else:
+        n_tiles = check_native_sizes(dm, calib_samples, tiling)
+        print(f"tiling: {tiling.size} px tiles every {tiling.stride} px of each image at its own size, "
+              f"{n_tiles} training tiles")
 
 
 def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, results_dir: Path,
@@ -210,21 +232,7 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
         print("no masks (dataset.mask_dir not set): image metrics only; pixel_auroc and aupro are not computed")
     rel = out_path.relative_to(results_dir / "runs").with_suffix("")
     work_dir = results_dir / "checkpoints" / rel
-    if tiling is None and dm.out_size is None:
-        raise ConfigError("dataset.image_size=null (every image at its own size) needs tiling: set "
-                          "dataset.tiling.size=N (e.g. 256), or set dataset.image_size=N")
-    if dm.image_size is None and dm.crop_size:
-        raise ConfigError(f"dataset.crop_size={dm.crop_size} with dataset.image_size=null would keep only the central "
-                          f"{dm.crop_size} px of each image at its own size and drop the rest; pass "
-                          f"dataset.crop_size=null (tiles cover the whole image) or set dataset.image_size=N")
-    if tiling is not None and dm.out_size is not None:
-        per_image = len(tiling.boxes(*dm.out_size))  # a tile larger than the images: one line now, before the data
-        print(f"tiling: {tiling.size} px tiles every {tiling.stride} px, {per_image} per {dm.out_size[1]}x"
-              f"{dm.out_size[0]} image, {per_image * len(dm.train_samples)} training tiles")
-    if tiling is not None and dm.out_size is None:
-        n_tiles = check_native_sizes(dm, calib_samples, tiling)  # from the file headers, before any model work
-        print(f"tiling: {tiling.size} px tiles every {tiling.stride} px of each image at its own size, "
-              f"{n_tiles} training tiles")
+    check_tiling(dm, calib_samples, tiling)
     data_id = [str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()), str(cfg.category), dm.image_size,
                dm.crop_size] + ([tiling.to_dict()] if tiling else [])
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,
