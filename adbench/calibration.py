@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from .api import Prediction
 from .data.errors import ConfigError, ScoreError
 from .data.mvtec import AnomalyDataset, Sample
+from .tiling import group_by_size
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -122,10 +123,7 @@ def calibrate(method: Any, loader: DataLoader, quantile: float, holdout: float, 
     paths = [s.path for s in ds.samples] if hasattr(ds, "samples") else []
     groups = [list(range(len(ds)))]
     if getattr(ds, "out_size", ()) is None and hasattr(ds, "item_size"):  # own sizes (tiling): one call per size
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i in range(len(ds)):
-            by_size.setdefault(tuple(ds.item_size(i)), []).append(i)
-        groups = list(by_size.values())
+        groups = group_by_size([ds.item_size(i) for i in range(len(ds))])
     scores = np.zeros(len(ds), dtype=np.float64)
     values = []
     for idx in groups:

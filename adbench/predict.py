@@ -42,7 +42,7 @@ from .data.folder import list_images
 from .data.mvtec import IMAGE_SUFFIXES, _check_image, load_image
 from .data.staging import make_staging
 from .data.transforms import denormalize, output_size, transform_image
-from .tiling import TiledMethod
+from .tiling import TiledMethod, group_by_size
 from .utils import ensure_writable_dir, progress, resolve_device
 
 OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true",
@@ -189,11 +189,8 @@ class Detector:
     def score(self, images: list[torch.Tensor], paths: list[str | None]) -> list[Result]:
         """Score already transformed images ([3, H, W] each, from :meth:`load_file`)."""
         names = [p or f"image_{i:05d}" for i, p in enumerate(paths)]
-        by_size: dict[tuple[int, ...], list[int]] = {}  # images of one size per call (sizes differ only with tiling)
-        for i, img in enumerate(images):
-            by_size.setdefault(tuple(img.shape[-2:]), []).append(i)
         scored: dict[int, tuple[float, np.ndarray]] = {}
-        for idx in by_size.values():
+        for idx in group_by_size([img.shape[-2:] for img in images]):  # sizes differ only with tiling
             bs = 1 if isinstance(self.model, TiledMethod) else self.batch_size  # it batches the tiles itself
             loader = DataLoader(_Items([images[i] for i in idx], [names[i] for i in idx]), batch_size=bs,
                                 shuffle=False)

@@ -135,6 +135,15 @@ def image_shapes(dataset: Dataset) -> list[tuple[int, int]]:
     return [tuple(dataset[i]["image"].shape[-2:]) for i in range(len(dataset))]
 
 
+def group_by_size(sizes: list[tuple[int, ...]]) -> list[list[int]]:
+    """Indices of equal sizes, in first-seen order: images at their own sizes are scored one size per call (a
+    :class:`~adbench.api.Prediction` holds maps of one size)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(i)
+    return list(groups.values())
+
+
 def tiling_note(tiling: Tiling) -> str:
     """What a method's own size error means under tiling (its images are the tiles)."""
     return (f"tiled: the method's images are the {tiling.size} x {tiling.size} px tiles, so the size to change is "
