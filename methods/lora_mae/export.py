@@ -14,13 +14,12 @@ import copy
 
 import loralib
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adbench.export import register_exporter
 
 from .masks import visible_indices
-from .method import image_scores, smoothing_kernel, smoothing_radius
+from .method import gaussian_blur, image_scores, map_of_kind
 from .model import MaskedAutoencoderViT
 
 
@@ -62,19 +61,11 @@ class LoRAMAEGraph(nn.Module):
             self.register_buffer(f"keep_{k}", visible_indices(h)[None])  # [1, L_keep]
             pixels = self.model.unpatchify(h.float()[None, :, None].expand(1, -1, p2), channels=1)  # [1, 1, H, W]
             self.register_buffer(f"pixels_{k}", pixels)
-        self.standardize = standardize
-        if standardize != "none":
-            key = "err" if standardize == "error" else "res"
-            mean, std = stats[f"{key}_mean"].float(), stats[f"{key}_std"].float()
-            self.register_buffer("z_mean", mean)
-            self.register_buffer("z_std", std.clamp_min(floor * float(std.mean()) + 1e-12))  # as standardise()
-        h, w = (int(v) for v in self.pixels_0.shape[-2:])
-        self.radius = min(smoothing_radius(sigma, radius), h - 1, w - 1)
-        self.smooth = sigma > 0 and self.radius > 0
-        if self.smooth:
-            k = smoothing_kernel(sigma, self.radius)
-            self.register_buffer("k_row", k.view(1, 1, 1, -1))
-            self.register_buffer("k_col", k.view(1, 1, -1, 1))
+        self.standardize, self.floor = standardize, floor
+        self.stat_keys = {"error": ["err_mean", "err_std"], "residual": ["res_mean", "res_std"]}.get(standardize, [])
+        for key in self.stat_keys:
+            self.register_buffer(key, stats[key].float())
+        self.sigma, self.radius = sigma, radius
         self.how, self.topk = how, topk
 
     def residuals(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,17 +77,9 @@ class LoRAMAEGraph(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        res = self.residuals(x)
-        if self.standardize == "residual":
-            maps = ((res - self.z_mean) / self.z_std).pow(2).mean(dim=1).sqrt()
-        else:
-            maps = res.pow(2).mean(dim=1)  # [B, H, W]
-            if self.standardize == "error":
-                maps = (maps - self.z_mean) / self.z_std
-        if self.smooth:
-            r = self.radius
-            m = F.pad(maps[:, None], (r, r, r, r), mode="reflect")
-            maps = F.conv2d(F.conv2d(m, self.k_row), self.k_col)[:, 0]
+        stats = {key: getattr(self, key) for key in self.stat_keys}
+        maps = map_of_kind(self.residuals(x), self.standardize, stats, self.floor)  # [B, H, W], as the method
+        maps = gaussian_blur(maps, self.sigma, self.radius)
         return image_scores(maps, self.how, self.topk), maps
 
 

@@ -39,14 +39,6 @@ def smoothing_radius(sigma: float, radius: int | None) -> int:
     return int(math.ceil(3.0 * sigma)) if radius is None else int(radius)
 
 
-def smoothing_kernel(sigma: float, radius: int, dtype: torch.dtype = torch.float32,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """Normalised Gaussian taps [2*radius+1] of :func:`gaussian_blur` (``radius`` already capped)."""
-    taps = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
 def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
     """Separable Gaussian smoothing of [B, H, W] maps with a (2*radius+1)-tap kernel, reflected borders.
 
@@ -55,7 +47,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int | None = None) -
     radius = min(smoothing_radius(sigma, radius), maps.shape[-1] - 1, maps.shape[-2] - 1)
     if sigma <= 0 or radius <= 0:
         return maps
-    kernel = smoothing_kernel(sigma, radius, maps.dtype, maps.device)  # [2r+1]
+    taps = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()  # [2r+1]
     x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")  # [B, 1, H+2r, W+2r]
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))  # rows
     x = F.conv2d(x, kernel.view(1, 1, -1, 1))  # columns
@@ -75,6 +69,17 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
 def standardise(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, floor: float) -> torch.Tensor:
     """Per-pixel z-scores (maps - mean) / max(std, floor * mean(std)) of error maps [B, H, W] against [H, W] statistics."""
     return (maps - mean) / std.clamp_min(floor * float(std.mean()) + 1e-12)
+
+
+def map_of_kind(res: torch.Tensor, how: str, stats: dict[str, torch.Tensor] | None, floor: float) -> torch.Tensor:
+    """Unsmoothed map [B, H, W] of kind ``how`` (an ``inference.standardize`` value) from residuals [B, 3, H, W]:
+    ``none`` the squared error (channel mean), ``error`` its per-pixel z-score, ``residual`` the RMS over channels
+    of the per-pixel, per-channel z-scores of the residual (the last two against held-out ``stats``)."""
+    if how == "none":
+        return res.pow(2).mean(dim=1)
+    if how == "error":
+        return standardise(res.pow(2).mean(dim=1), stats["err_mean"], stats["err_std"], floor)
+    return standardise(res, stats["res_mean"], stats["res_std"], floor).pow(2).mean(dim=1).sqrt()
 
 
 def image_scores(maps: torch.Tensor, how: str, topk: int) -> torch.Tensor:
@@ -371,14 +376,11 @@ class LoRAMAE:
         with the held-out statistics also ``error`` (its per-pixel z-score) and ``residual`` (RMS over channels
         of the per-pixel, per-channel z-scores of the residual)."""
         res = self.residuals(x)  # [B, 3, H, W]
-        out = {"none": res.pow(2).mean(dim=1)}
-        if self.stats is not None:
-            floor = float(self.cfg.inference.get("std_floor", 0.1))
-            st = {k: v.to(self.device) for k, v in self.stats.items()}
-            out["error"] = standardise(out["none"], st["err_mean"], st["err_std"], floor)
-            z = standardise(res, st["res_mean"], st["res_std"], floor)  # [B, 3, H, W]
-            out["residual"] = z.pow(2).mean(dim=1).sqrt()
-        return out
+        if self.stats is None:
+            return {"none": map_of_kind(res, "none", None, 0.0)}
+        floor = float(self.cfg.inference.get("std_floor", 0.1))
+        st = {k: v.to(self.device) for k, v in self.stats.items()}
+        return {how: map_of_kind(res, how, st, floor) for how in STANDARDIZE}
 
     def scored_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Unsmoothed maps [B, H, W] per ``inference.standardize`` (see :meth:`maps_by_kind`)."""
