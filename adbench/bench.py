@@ -192,6 +192,7 @@ def run_deploy(case: dict) -> dict:
     from torch.utils.data import DataLoader
 
     from adbench.api import RunContext
+    from adbench.cache import data_id
     from adbench.evaluate import compute_metrics
     from adbench.utils import seed_everything
     from methods.patchcore.knn import KnnSpec
@@ -201,9 +202,9 @@ def run_deploy(case: dict) -> dict:
     dm = _datamodule(case)
     cache = case.get("feature_cache") or tempfile.mkdtemp(prefix="adbench-bench-cache-")
     # the harness's cache key for this data, so that features cached by `make table1` are reused
-    data_id = json.dumps([case["dataset"], str(Path(case["root"]).resolve()), case["category"], dm.image_size, dm.crop_size])
     cached = RunContext(device=torch.device("cpu"), seed=0, category=case["category"], progress=False,
-                        feature_cache=Path(cache), data_id=data_id)
+                        feature_cache=Path(cache),
+                        data_id=data_id(case["dataset"], case["root"], case["category"], dm.image_size, dm.crop_size))
     ctx = cached if case.get("feature_cache") else RunContext(device=torch.device("cpu"), seed=0,
                                                                category=case["category"], progress=False)
     cfg = _method_cfg(dict(case, reweight=False))

@@ -28,6 +28,14 @@ def weights_id(weights: str | None) -> str:
     return f"{p.resolve()}:{st.st_size if st else 0}:{int(st.st_mtime) if st else 0}"
 
 
+def data_id(dataset: str, root: str | Path, category: str, image_size: int | None, crop_size: int | None,
+            tiling: dict[str, int] | None = None) -> str:
+    """``RunContext.data_id``: what identifies a run's input pixels in feature-cache keys (dataset, resolved root,
+    category, resize, crop, and the tiling when tiled). One definition, so every caller's keys match."""
+    return json.dumps([str(dataset), str(Path(str(root)).resolve()), str(category), image_size, crop_size]
+                      + ([tiling] if tiling else []))
+
+
 class FeatureCache:
     """``get_or_compute(parts, fn)``: load the tensors saved under the hash of ``parts``, or run ``fn`` and save."""
 

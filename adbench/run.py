@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -15,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .api import Prediction, RunContext
+from .cache import data_id
 from .calibration import Calibration, calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
 from .checkpoint import verify_checkpoint, write_checkpoint
 from .data.errors import ConfigError, DataError
@@ -233,13 +233,12 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
     rel = out_path.relative_to(results_dir / "runs").with_suffix("")
     work_dir = results_dir / "checkpoints" / rel
     check_tiling(dm, calib_samples, tiling)
-    data_id = [str(cfg.dataset.name), str(Path(str(cfg.dataset.root)).resolve()), str(cfg.category), dm.image_size,
-               dm.crop_size] + ([tiling.to_dict()] if tiling else [])
     ctx = RunContext(device=device, seed=int(cfg.seed), category=str(cfg.category), is_texture=dm.is_texture,
                      grayscale=dm.grayscale, image_size=(tiling.size, tiling.size) if tiling else dm.out_size,
                      work_dir=work_dir, progress=bool(cfg.get("progress", True)),
                      feature_cache=Path(cfg.feature_cache) if cfg.get("feature_cache") else None,
-                     data_id=json.dumps(data_id))
+                     data_id=data_id(cfg.dataset.name, cfg.dataset.root, cfg.category, dm.image_size, dm.crop_size,
+                                     tiling.to_dict() if tiling else None))
     try:
         method = get_method(method_name)(cfg.method, ctx)
     except ConfigError as err:
