@@ -87,7 +87,7 @@ class LoRAMAEGraph(nn.Module):
 def export_module(method) -> nn.Module:
     """The :class:`LoRAMAEGraph` of a loaded :class:`~methods.lora_mae.LoRAMAE` (LoRA merged)."""
     inf = method.cfg.inference
-    how = str(inf.get("standardize", "none"))
+    how = method.standardize  # standardize=auto: the kind chosen at fit
     radius = inf.get("smoothing_radius")
     graph = LoRAMAEGraph(method.model, method.hidden, how, method.stats, float(inf.get("std_floor", 0.1)),
                          float(inf.smoothing_sigma), None if radius is None else int(radius), str(inf.image_score),

@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +32,7 @@ log = logging.getLogger("adbench.lora_mae")
 CHECKPOINT_VERSION = 2
 MODEL_FILE = "lora_mae.pt"
 STANDARDIZE = ("none", "error", "residual")
+AUTO_CANDIDATES = ("error", "none", "residual")  # standardize=auto: the first wins ties
 TRAIN_STATE_FILE = "lora_mae_train_state.pt"
 
 
@@ -141,6 +143,7 @@ class LoRAMAE:
         self.history: list[float] = []
         self.train_log: list[dict] = []  # per epoch: stage, step, epoch, loss, lr (+ val_ratio when evaluated)
         self.stats: dict[str, torch.Tensor] | None = None  # per-pixel statistics of held-out normal training images
+        self.selection: dict | None = None  # standardize=auto: the kind chosen on held-out normals, and why
         self.fitted = False
         self.timings: dict[str, float] = {}
         self.extra_predictions: dict[str, Prediction] = {}  # other map kinds of the same model, after predict()
@@ -167,8 +170,9 @@ class LoRAMAE:
             (str(c.inference.get("mask_layout", "tiles")) in MASK_LAYOUTS,
              f"method.inference.mask_layout={c.inference.get('mask_layout')!r} must be one of {', '.join(MASK_LAYOUTS)}"),
             (0.0 <= float(t.get("holdout", 0.0)) < 1.0, f"method.train.holdout={t.get('holdout')} must be in [0, 1)"),
-            (str(c.inference.get("standardize", "none")) in STANDARDIZE,
-             f"method.inference.standardize={c.inference.get('standardize')!r} must be one of {', '.join(STANDARDIZE)}"),
+            (str(c.inference.get("standardize", "none")) in STANDARDIZE + ("auto",),
+             f"method.inference.standardize={c.inference.get('standardize')!r} must be one of "
+             f"{', '.join(STANDARDIZE)} or auto"),
             (str(c.inference.get("standardize", "none")) == "none" or float(t.get("holdout", 0.0)) > 0,
              f"method.inference.standardize={c.inference.get('standardize')} needs held-out normal images for its "
              f"statistics: set method.train.holdout (e.g. 0.2)"),
@@ -363,12 +367,50 @@ class LoRAMAE:
         return self.residuals(x).pow(2).mean(dim=1)
 
     @torch.no_grad()
-    def fit_statistics(self, held: torch.Tensor) -> None:
-        """Per-pixel statistics of held-out normal images [N, 3, H, W]: residual mean / std [3, H, W] and squared
-        error mean / std [H, W] (for ``inference.standardize``)."""
+    def statistics(self, held: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-pixel statistics of normal images [N, 3, H, W]: residual mean / std [3, H, W] and squared error
+        mean / std [H, W] (for ``inference.standardize``)."""
         res = torch.cat([self.residuals(held[i:i + 32]).cpu() for i in range(0, len(held), 32)])  # [N, 3, H, W]
         err = res.pow(2).mean(1)  # [N, H, W]
-        self.stats = {"res_mean": res.mean(0), "res_std": res.std(0), "err_mean": err.mean(0), "err_std": err.std(0)}
+        return {"res_mean": res.mean(0), "res_std": res.std(0), "err_mean": err.mean(0), "err_std": err.std(0)}
+
+    @torch.no_grad()
+    def fit_statistics(self, held: torch.Tensor) -> None:
+        """The held-out statistics of ``inference.standardize``; with ``standardize=auto`` also the map kind,
+        chosen on synthetic anomalies pasted into these images (:func:`adbench.mapselect.choose_map_kind`)."""
+        self.stats = self.statistics(held)
+        if str(self.cfg.inference.get("standardize", "none")) == "auto":
+            self.selection = self.choose_kind(held).to_dict()
+            log.info("lora_mae: standardize=auto chose %s (synthetic-anomaly pixel AUROC %s)",
+                     self.selection["chosen"], self.selection["pixel_auroc"])
+
+    def choose_kind(self, held: torch.Tensor):
+        """Score every map kind on synthetic anomalies in the held-out images [N, 3, H, W] (normalised)."""
+        from adbench.data import denormalize, normalize
+        from adbench.mapselect import choose_map_kind
+
+        inf = self.cfg.inference
+        floor = float(inf.get("std_floor", 0.1))
+        radius = inf.get("smoothing_radius")
+
+        def maps(images01: torch.Tensor, stats: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+            res = torch.cat([self.residuals(normalize(images01[i:i + 32])).cpu() for i in range(0, len(images01), 32)])
+            return {how: gaussian_blur(map_of_kind(res, how, stats, floor), float(inf.smoothing_sigma),
+                                       None if radius is None else int(radius)).numpy() for how in STANDARDIZE}
+
+        return choose_map_kind(
+            denormalize(held).clamp(0, 1), list(AUTO_CANDIDATES), lambda x: self.statistics(normalize(x)), maps,
+            lambda m: image_scores(torch.from_numpy(m), str(inf.image_score), int(inf.topk)).numpy(), self.ctx.seed)
+
+    @property
+    def standardize(self) -> str:
+        """The map kind in use: ``inference.standardize``, or the one chosen per run when it is ``auto``."""
+        how = str(self.cfg.inference.get("standardize", "none"))
+        if how == "auto":
+            if self.selection is None:
+                raise RuntimeError("lora_mae: inference.standardize=auto chooses the kind in fit(); fit or load first")
+            return str(self.selection["chosen"])
+        return how
 
     def maps_by_kind(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unsmoothed maps [B, H, W] of every kind this model can give, from one K-pass reconstruction, keyed by
@@ -384,7 +426,7 @@ class LoRAMAE:
 
     def scored_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Unsmoothed maps [B, H, W] per ``inference.standardize`` (see :meth:`maps_by_kind`)."""
-        how = str(self.cfg.inference.get("standardize", "none"))
+        how = self.standardize
         maps = self.maps_by_kind(x)
         if how not in maps:
             raise RuntimeError(f"lora_mae: inference.standardize={how} needs the held-out statistics of fit()")
@@ -398,7 +440,7 @@ class LoRAMAE:
         only with held-out statistics), smoothed and scored alike.
         """
         inf = self.cfg.inference
-        how = str(inf.get("standardize", "none"))
+        how = self.standardize
         radius = inf.get("smoothing_radius")
         scores: dict[str, list[torch.Tensor]] = {}
         maps: dict[str, list[torch.Tensor]] = {}
@@ -424,7 +466,7 @@ class LoRAMAE:
         save_method_state(Path(directory) / MODEL_FILE, "lora_mae", CHECKPOINT_VERSION, self.cfg,
                           image_size=list(self.ctx.image_size), use_lora=self.use_lora,
                           patch_embed_reinit=self.patch_embed_reinit, history=list(self.history),
-                          train_log=list(self.train_log), stats=self.stats,
+                          train_log=list(self.train_log), stats=self.stats, selection=self.selection,
                           model=self.model.state_dict())
 
     @classmethod
@@ -438,6 +480,7 @@ class LoRAMAE:
         self.history = list(state.get("history", []))
         self.train_log = list(state.get("train_log", []))
         self.stats = state.get("stats")
+        self.selection = state.get("selection")
         self.patch_embed_reinit = bool(state.get("patch_embed_reinit", False))
         self.fitted = True
         return self
