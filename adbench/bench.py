@@ -204,7 +204,8 @@ def run_deploy(case: dict) -> dict:
     # the harness's cache key for this data, so that features cached by `make table1` are reused
     cached = RunContext(device=torch.device("cpu"), seed=0, category=case["category"], progress=False,
                         feature_cache=Path(cache),
-                        data_id=data_id(case["dataset"], case["root"], case["category"], dm.image_size, dm.crop_size))
+                        data_id=data_id(case["dataset"], case["root"], case["category"], dm.image_size, dm.crop_size,
+                                        files=[s.path for s in (*dm.train_samples, *dm.test_samples)]))
     ctx = cached if case.get("feature_cache") else RunContext(device=torch.device("cpu"), seed=0,
                                                                category=case["category"], progress=False)
     cfg = _method_cfg(dict(case, reweight=False))

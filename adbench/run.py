@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .api import Prediction, RunContext
-from .cache import data_id
+from .cache import data_id, entries_used
 from .calibration import Calibration, calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
 from .checkpoint import verify_checkpoint, write_checkpoint
 from .data.errors import ConfigError, DataError
@@ -238,7 +238,10 @@ def build_context(cfg: DictConfig, resolved: dict[str, Any], method_name: str, r
                      work_dir=work_dir, progress=bool(cfg.get("progress", True)),
                      feature_cache=Path(cfg.feature_cache) if cfg.get("feature_cache") else None,
                      data_id=data_id(cfg.dataset.name, cfg.dataset.root, cfg.category, dm.image_size, dm.crop_size,
-                                     tiling.to_dict() if tiling else None))
+                                     tiling.to_dict() if tiling else None,
+                                     # the images' contents, hashed only when the cache is on
+                                     files=[smp.path for smp in (*dm.train_samples, *calib_samples, *dm.test_samples)]
+                                     if cfg.get("feature_cache") else ()))
     try:
         method = get_method(method_name)(cfg.method, ctx)
     except ConfigError as err:
@@ -287,6 +290,14 @@ def predict_and_evaluate(s: RunSetup, fitted: Fitted) -> Evaluation:
         check_scores(extra, f"{name} ({key})", paths, "the test images")
         extra_metrics[key] = clean_metrics(compute_metrics(extra.image_scores, extra.anomaly_maps, labels, gt_masks,
                                                            defect_types))[0]
+    if fitted.calibration is None and s.cfg.get("save_model", False):
+        # a saved model gets a threshold even without a holdout: the training images' own scores (in-sample,
+        # optimistic), computed after the test metrics so that nothing above can depend on it
+        t4 = time.perf_counter()
+        cal = s.cfg.get("calibration") or {}
+        loader = calibration_loader(dm.train_samples, dm.image_size, dm.crop_size, dm.batch_size)
+        fitted.calibration = calibrate(s.method, loader, float(cal.get("quantile", 0.99)), 0.0, name, source="train")
+        fitted.calibrate_s += time.perf_counter() - t4
     calibration_record = None
     if fitted.calibration is not None:
         calibration_record = {**fitted.calibration.to_dict(),
@@ -350,7 +361,7 @@ def print_summary(s: RunSetup, ev: Evaluation, record: dict[str, Any]) -> None:
         c = ev.calibration_record
         rates = "" if c["test_fpr"] is None or c["test_tpr"] is None else \
             f": on the test images FPR {c['test_fpr']:.3f}, TPR {c['test_tpr']:.3f}"
-        print(f"threshold {c['threshold']:.6g} (quantile {c['quantile']} of {c['n_images']} held-out normal images){rates}")
+        print(f"threshold {c['threshold']:.6g} ({Calibration.from_dict(c).describe()}){rates}")
 
 
 def undefined_reason(undefined: list[str], labels: np.ndarray) -> str:
@@ -419,9 +430,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if skipped is not None:
         return skipped
     setup = build_context(cfg, resolved, method_name, results_dir, out_path)
-    fitted = fit_and_calibrate(setup)
-    ev = predict_and_evaluate(setup, fitted)
+    with entries_used() as cache_entries:
+        fitted = fit_and_calibrate(setup)
+        ev = predict_and_evaluate(setup, fitted)
     record = make_record(setup, fitted, ev)
+    record["feature_cache"] = cache_entries if setup.ctx.feature_cache else None  # entries read (hit) or written
     print_summary(setup, ev, record)
     record = write_outputs(setup, fitted, ev, record, logger)
     if record["checkpoint"]:
