@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import json
 import os
 import pickle
 import random
+import re
 import resource
+import secrets
 import shutil
+import socket
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -168,7 +174,9 @@ def torch_save_atomic(obj: Any, path: str | Path) -> Path:
     leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    stem = f".{path.name}.tmp"
+    remove_stale_temps(path.parent, stem)  # left by a killed writer
+    tmp = path.with_name(temp_name(stem))
     try:
         with open(tmp, "wb", buffering=0) as raw:
             f = _SavedErrors(raw)
@@ -219,6 +227,59 @@ def load_method_state(path: str | Path, method: str, version: int) -> tuple[dict
     return state, OmegaConf.create(config)
 
 
+# Temporary files and folders. Their names say who made them: ``<stem>-<host>~<machine>-<pid>-<random>``, where
+# <machine> hashes the host name, the boot id and the pid namespace, so two runs with the same pid number in two
+# containers or on two nodes sharing a disk never get the same name. A run removes what it made, and a leftover of
+# someone else only when it is provably stale: made on this machine, in this pid namespace, by a process that no
+# longer runs; anything else (another node, another container, an older adbench's ``<stem>-<pid>``) only after
+# nothing in it changed for STALE_AFTER_S: no adbench writer keeps a temporary for a week without touching it, and
+# a node or container that may still be writing cannot be asked.
+
+STALE_AFTER_S = 7 * 24 * 3600
+_LEGACY_MARKER = ".adbench-staging.json"  # what staging folders of older adbench versions held
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> str:
+    """8 hex digits telling this host, boot and pid namespace apart from any other sharing a folder."""
+    key = "\0".join((socket.gethostname(), _boot_id(), _pid_namespace()))
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def _host_label() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:32] or "host"
+
+
+def temp_name(stem: str) -> str:
+    """A name for a temporary file or folder that no other process, on any host or in any container, gets:
+    ``<stem>-<host>~<machine>-<pid>-<random>``."""
+    return f"{stem}-{_host_label()}~{_machine()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _owner(name: str, stem: str) -> tuple[str, int] | None:
+    """(machine, pid) of a name made by :func:`temp_name` with ``stem``; None for any other name."""
+    if not name.startswith(stem + "-"):
+        return None
+    parts = name[len(stem) + 1:].rsplit("-", 2)
+    if len(parts) != 3 or "~" not in parts[0] or not parts[1].isdigit():
+        return None
+    return parts[0].rpartition("~")[2], int(parts[1])
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -229,13 +290,55 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale(sibling: Path, tag: str) -> bool:
-    """A ``.<name>.<tag>-<pid>`` folder left by a process that no longer runs."""
+def _untouched_for(path: Path, seconds: float) -> bool:
+    """Whether nothing in ``path`` (itself and everything below, links not followed) changed for ``seconds``."""
+    since = time.time() - seconds
     try:
-        pid = int(sibling.name.rsplit(f".{tag}-", 1)[1])
-    except (IndexError, ValueError):
+        if os.lstat(path).st_mtime > since:
+            return False
+        for top, dirs, files in os.walk(path):
+            for name in dirs + files:
+                if os.lstat(os.path.join(top, name)).st_mtime > since:
+                    return False
+    except OSError:
         return False
-    return pid != os.getpid() and not _pid_alive(pid)
+    return True
+
+
+def temp_is_stale(path: Path, stem: str) -> bool:
+    """Whether ``path`` is a temporary of ``stem`` that no running process can be using (see above)."""
+    owner = _owner(path.name, stem)
+    if owner is not None and owner[0] == _machine():
+        return owner[1] != os.getpid() and not _pid_alive(owner[1])
+    legacy = path.name[len(stem) + 1:].isdigit() or (path / _LEGACY_MARKER).is_file()
+    return (owner is not None or legacy) and _untouched_for(path, STALE_AFTER_S)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def remove_stale_temps(parent: str | Path, stem: str) -> None:
+    """Remove the temporaries of ``stem`` in ``parent`` that are provably stale (:func:`temp_is_stale`)."""
+    for path in Path(parent).glob(glob.escape(stem) + "-*"):
+        if temp_is_stale(path, stem):
+            _remove(path)
+
+
+def make_temp_dir(parent: str | Path, stem: str) -> Path:
+    """A new, empty folder ``parent/<temp_name(stem)>`` (the stale ones of ``stem`` are removed first)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(parent, stem)
+    path = parent / temp_name(stem)
+    path.mkdir()
+    return path
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -260,24 +363,27 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def write_dir_atomic(target: str | Path, fill: Callable[[Path], T], keep: Callable[[str], bool] | None = None) -> T:
-    """Build a folder with ``fill(tmp)`` in ``.<name>.tmp-<pid>`` beside ``target``, then put it in place of
-    ``target`` (atomically on Linux: the old folder is replaced only once the new one is complete).
+    """Build a folder with ``fill(tmp)`` in ``.<name>.tmp-<host>~<machine>-<pid>-<random>`` beside ``target``, then
+    put it in place of ``target`` (atomically on Linux: the old folder is replaced only once the new one is complete).
 
     ``keep(name)``: entries of the old folder (not written by ``fill``) to carry over into the new one.
     A failure (or a kill) before the swap leaves ``target`` as it was; the temporary folder is removed (after a
-    kill: by the next write). Returns what ``fill`` returns.
+    kill: by a later write, once it is provably stale, see :func:`temp_is_stale`). Returns what ``fill`` returns.
     """
     target = Path(target)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    for sib in parent.glob(f".{target.name}.*-*"):  # left by a killed writer
-        if sib.name.startswith(f".{target.name}.old-") and _stale(sib, "old") and not target.exists():
-            os.rename(sib, target)  # killed between the two renames of the fallback swap: the old one comes back
-        elif _stale(sib, "tmp") or _stale(sib, "old"):
-            shutil.rmtree(sib, ignore_errors=True)
-    tmp = parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    old_stem = f".{target.name}.old"
+    for sib in sorted(parent.glob(glob.escape(old_stem) + "-*")):  # left by a killed writer
+        if temp_is_stale(sib, old_stem):
+            if not target.exists():
+                try:
+                    os.rename(sib, target)  # killed between the two renames of the fallback swap: the old one back
+                    continue
+                except OSError:
+                    pass
+            _remove(sib)
+    tmp = make_temp_dir(parent, f".{target.name}.tmp")
     try:
         out = fill(tmp)
         if keep is not None and target.is_dir():
@@ -294,7 +400,7 @@ def write_dir_atomic(target: str | Path, fill: Callable[[Path], T], keep: Callab
         elif _exchange(tmp, target):
             shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
         else:
-            old = parent / f".{target.name}.old-{os.getpid()}"
+            old = parent / temp_name(old_stem)
             os.rename(target, old)
             os.rename(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -340,7 +446,7 @@ def ensure_writable_dir(path: str | Path, option: str) -> Path:
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-test-{os.getpid()}"
+        probe = p / temp_name(".write-test")
         probe.write_text("")
         probe.unlink()
     except OSError as err:

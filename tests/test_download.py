@@ -314,16 +314,16 @@ def test_archive_placed_by_the_user_is_never_deleted(tmp_path, archive):
     assert mine.is_file()
 
 
-def test_staging_of_a_killed_run_is_cleaned_and_foreign_folders_kept(tmp_path, archive):
-    import json
-    import socket
+def test_staging_of_a_killed_run_is_cleaned_and_foreign_folders_kept(tmp_path, archive, monkeypatch):
+    from adbench.utils import temp_name
 
     root = tmp_path / "mvtec"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = root / ".adbench-extract-old"
+    with monkeypatch.context() as m:  # the name a run of this machine with that (now dead) pid gave its folder
+        m.setattr(os, "getpid", lambda: dead.pid)
+        stale = root / temp_name(".adbench-extract")
     stale.mkdir(parents=True)
-    (stale / ".adbench-staging.json").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     foreign = root / ".adbench-extract-mine"
     (foreign / "keep.txt").parent.mkdir()
     (foreign / "keep.txt").write_text("mine")

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .mvtec import CATEGORIES, MVTEC_URL
 from .staging import make_staging
+from ..utils import write_text_atomic
 
 DEFAULT_URL = ("https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f283/download/420938113-1629960298/"
                "mvtec_anomaly_detection.tar.xz")
@@ -125,9 +126,7 @@ def _write_record(dest: Path, archive: Archive) -> None:
     """Note beside a completed download that this tool wrote it, and its size (checked before reuse)."""
     record = {"url": archive.url, "size": dest.stat().st_size, "sha256": archive.sha256,
               "downloaded": time.strftime("%Y-%m-%d %H:%M:%S")}
-    tmp = _record_path(dest).with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(_record_path(dest))
+    write_text_atomic(_record_path(dest), json.dumps(record))  # a temporary name of its own, then a rename
 
 
 def downloaded_by_us(dest: Path) -> bool:

@@ -1,38 +1,23 @@
 """Staging folders: a run writes into a hidden folder of its own, then renames the results into place.
 
-Each staging folder holds a marker naming its process and host, so a later run removes the folders of killed
-runs (process gone, same host) and never a folder it did not make.
+A staging folder is named ``<prefix>-<host>~<machine>-<pid>-<random>`` (:func:`adbench.utils.temp_name`): unique
+across hosts, containers and processes. A later run removes only the folders that are provably stale (a killed
+process of the same machine and pid namespace, or nothing changed in them for a week), never one it cannot tell
+is abandoned.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
-import tempfile
 from pathlib import Path
 
-MARKER = ".adbench-staging.json"
+from ..utils import make_temp_dir, remove_stale_temps
 
 
 def make_staging(parent: Path, prefix: str) -> Path:
-    """A new folder ``parent/<prefix>-XXXX`` marked as this process's; stale ones of ``prefix`` are removed first."""
-    remove_stale(parent, prefix)
-    staging = Path(tempfile.mkdtemp(prefix=prefix + "-", dir=parent))
-    (staging / MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    return staging
+    """A new folder ``parent/<prefix>-...`` of this process; stale ones of ``prefix`` are removed first."""
+    return make_temp_dir(parent, prefix)
 
 
 def remove_stale(parent: Path, prefix: str) -> None:
-    """Delete ``parent/<prefix>*`` folders whose marker names a process of this host that no longer runs."""
-    for d in parent.glob(prefix + "*"):
-        try:
-            info = json.loads((d / MARKER).read_text())
-            if info.get("host") != socket.gethostname():
-                continue
-            os.kill(int(info["pid"]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # not ours, unreadable, or its process still runs
+    """Delete the ``parent/<prefix>-...`` folders no running process can be using."""
+    remove_stale_temps(parent, prefix)
