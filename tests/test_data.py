@@ -143,16 +143,18 @@ def test_synthetic_generated_on_first_use_and_reused(tmp_path):
     d = SyntheticDataModule(tmp_path, "washer", image_size=64, crop_size=None, n_train=4, n_test_good=2,
                             n_per_defect=1, synth_size=64).setup()
     assert len(d.train_samples) == 4 and len(d.test_samples) == 5
-    stamp = (tmp_path / "washer" / "train" / "good" / "000.png").stat().st_mtime_ns
-    ensure_category(tmp_path, "washer", seed=0, n_train=4, n_test_good=2, n_per_defect=1, size=64)
-    assert (tmp_path / "washer" / "train" / "good" / "000.png").stat().st_mtime_ns == stamp
+    first = d.root / "washer" / "train" / "good" / "000.png"  # these settings' own folder under tmp_path
+    stamp = first.stat().st_mtime_ns
+    again = ensure_category(tmp_path, "washer", seed=0, n_train=4, n_test_good=2, n_per_defect=1, size=64)
+    assert again == d.root / "washer" and first.stat().st_mtime_ns == stamp
     with pytest.raises(DataError, match="unknown synthetic category 'bottle'"):
         SyntheticDataModule(tmp_path, "bottle").setup()
 
 
 def test_synthetic_generation_never_deletes_a_folder_it_did_not_make(tmp_path):
     """A ``root/washer`` without the generator's marker (the user's own folder) is left alone with one error line;
-    a generated copy with other parameters is replaced whole, through a staging folder that does not stay."""
+    other settings go beside a generated copy, ``generate_category`` replaces it whole, through a staging folder
+    that does not stay."""
     import pytest as _pytest
 
     from adbench.data.errors import DataError
@@ -165,7 +167,13 @@ def test_synthetic_generation_never_deletes_a_folder_it_did_not_make(tmp_path):
         ensure_category(tmp_path, "washer", n_train=2, n_test_good=1, n_per_defect=1, size=64)
     assert (mine / "keep.png").read_bytes() == b"user data"
 
-    ensure_category(tmp_path / "gen", "weave", n_train=2, n_test_good=1, n_per_defect=1, size=64)
-    ensure_category(tmp_path / "gen", "weave", n_train=3, n_test_good=1, n_per_defect=1, size=64)
-    assert len(list((tmp_path / "gen" / "weave" / "train" / "good").iterdir())) == 3
-    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["weave"]  # no staging folder left
+    from adbench.data.synthetic import generate_category
+
+    gen = tmp_path / "gen"
+    first = ensure_category(gen, "weave", n_train=2, n_test_good=1, n_per_defect=1, size=64)
+    other = ensure_category(gen, "weave", n_train=3, n_test_good=1, n_per_defect=1, size=64)  # beside, not over it
+    assert first == gen / "weave" and other == gen / "size64-n_train3-n_test_good1-n_per_defect1" / "weave"
+    assert [len(list((c / "train" / "good").iterdir())) for c in (first, other)] == [2, 3]
+    generate_category(gen, "weave", n_train=3, n_test_good=1, n_per_defect=1, size=64)  # asked for: replaced whole
+    assert len(list((gen / "weave" / "train" / "good").iterdir())) == 3
+    assert sorted(p.name for p in gen.iterdir()) == [".weave.lock", other.parent.name, "weave"]  # no staging left

@@ -441,21 +441,21 @@ def test_a_tiled_run_says_how_many_tiles_it_fits_on(small_synthetic_root, mixed_
 
 def test_synthetic_folder_is_regenerated_when_only_defect_scale_changes(tmp_path):
     """A category generated with defect_scale=0.25 is not reused for defect_scale=1 (the record would claim the
-    usual defects while the data held quarter-size ones), and back."""
+    usual defects while the data held quarter-size ones), and back: each scale has a folder of its own."""
     import json
 
     from adbench.data.synthetic import ensure_category
 
     kw = dict(seed=0, n_train=1, n_test_good=1, n_per_defect=1, size=64)
-    marker = lambda: json.loads(next((tmp_path / "washer").glob(".adbench*")).read_text())  # noqa: E731
-    ensure_category(tmp_path, "washer", defect_scale=0.25, **kw)
-    assert marker()["defect_scale"] == 0.25
-    ensure_category(tmp_path, "washer", defect_scale=1.0, **kw)
-    assert "defect_scale" not in marker()
-    ensure_category(tmp_path, "washer", **kw)
-    assert "defect_scale" not in marker()
-    ensure_category(tmp_path, "washer", defect_scale=0.25, **kw)
-    assert marker()["defect_scale"] == 0.25
+    marker = lambda cdir: json.loads(next(cdir.glob(".adbench*")).read_text())  # noqa: E731
+    quarter = ensure_category(tmp_path, "washer", defect_scale=0.25, **kw)
+    assert marker(quarter)["defect_scale"] == 0.25
+    usual = ensure_category(tmp_path, "washer", defect_scale=1.0, **kw)
+    assert "defect_scale" not in marker(usual) and usual != quarter
+    assert ensure_category(tmp_path, "washer", **kw) == usual
+    assert "defect_scale" not in marker(usual)
+    assert ensure_category(tmp_path, "washer", defect_scale=0.25, **kw) == quarter
+    assert marker(quarter)["defect_scale"] == 0.25
     with pytest.raises(ConfigError, match="defect_scale=0.0 must be a number > 0"):
         ensure_category(tmp_path, "washer", defect_scale=0.0, **kw)
 

@@ -3,14 +3,23 @@
 Two categories: ``weave`` (texture-like: a periodic woven pattern) and ``washer`` (object-like: a ring on a
 plain background). Defects ``scratch``, ``spot`` and ``patch`` are painted into copies of normal images; the
 mask is exactly the set of painted pixels. Output is deterministic for a given seed.
+
+Each set of generator settings has a folder of its own, which no run with other settings replaces, so a sweep over
+them on one root never changes data a job is reading: the first settings generated on a root go to
+``root/<category>`` (as they always did), any others to ``root/<settings>/<category>`` (e.g. ``root/seed1/washer``,
+:func:`variant_root`). A lock file ``root/.<category>.lock`` makes concurrent runs generate one at a time, and
+runs with the same settings generate them once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -24,6 +33,51 @@ SYNTHETIC_TEXTURES = ("weave",)
 DEFECTS = ("patch", "scratch", "spot")
 GENERATOR_VERSION = 1
 _MARKER = ".adbench_synthetic.json"
+# generate_category's defaults (= conf/dataset/synthetic.yaml's); variant_root names the settings that differ
+DEFAULTS = dict(seed=0, size=256, n_train=60, n_test_good=20, n_per_defect=10, defect_scale=1.0)
+
+
+def variant_root(root: str | Path, **settings: float) -> Path:
+    """The folder for the categories generated with ``settings`` (missing ones: :data:`DEFAULTS`) when
+    ``root/<category>`` holds other settings: ``root/<each setting that differs from DEFAULTS, as name + value,
+    joined by '-'>``, e.g. ``root/seed1`` or ``root/size512-n_train10-defect_scale0.25`` (``root/defaults`` for
+    the defaults)."""
+    unknown = set(settings) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown synthetic generator settings: {', '.join(sorted(unknown))}")
+    parts = []
+    for key, default in DEFAULTS.items():
+        value = settings.get(key, default)
+        value = float(value) if key == "defect_scale" else int(value)
+        if value != default:
+            parts.append(f"{key}{value!r}")
+    return Path(root) / ("-".join(parts) or "defaults")
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _generation_lock(root: Path, category: str) -> Iterator[None]:
+    """Held while ``root/category`` is checked and (re)generated: a lock file ``root/.<category>.lock`` (``flock``:
+    other processes, also on other hosts where the file system supports it) and a lock of this process (threads)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f".{category}.lock"
+    with _THREAD_LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+    with thread_lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: threads of this process only
+            yield
+            return
+        with open(path, "a") as fh:  # never deleted: a removed lock file would let two holders in
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _weave(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -102,12 +156,25 @@ def generate_category(root: str | Path, category: str, seed: int = 0, size: int 
     """Write one synthetic category under ``root/category``, replacing a previous generated copy (one holding the
     generator's marker) and never anything else. ``defect_scale`` < 1 paints smaller defects (e.g. 0.25 at size
     1024: spots of 8-18 px radius, which a resize to 256 all but erases). The category is generated in a staging
-    folder and renamed into place, so ``root/category`` is always complete or absent."""
+    folder and renamed into place, so ``root/category`` is always complete or absent. Writes exactly
+    ``root/category`` whatever the settings; runs use :func:`ensure_category`, which never replaces a copy of other
+    settings."""
+    _check(category, defect_scale)
+    with _generation_lock(Path(root), category):
+        return _generate(root, category, seed, size, n_train, n_test_good, n_per_defect, defect_scale)
+
+
+def _check(category: str, defect_scale: float) -> None:
     if category not in SYNTHETIC_CATEGORIES:
         raise ValueError(f"unknown synthetic category {category!r}; known: {', '.join(SYNTHETIC_CATEGORIES)}")
     if not 0 < defect_scale < float("inf"):
         raise ConfigError(f"dataset.generator.defect_scale={defect_scale} must be a number > 0 (1: the usual defect "
                           f"sizes, 0.25: a quarter of them)")
+
+
+def _generate(root: str | Path, category: str, seed: int, size: int, n_train: int, n_test_good: int,
+              n_per_defect: int, defect_scale: float) -> Path:
+    """:func:`generate_category` with the lock held."""
     final = Path(root) / category
     if final.exists() and not (final / _MARKER).is_file():
         raise DataError(f"{final} exists and was not generated by adbench (no {_MARKER} in it): it is left alone; "
@@ -149,17 +216,41 @@ def _write_category(cdir: Path, category: str, seed: int, size: int, n_train: in
     (cdir / _MARKER).write_text(json.dumps(params))  # written last: marks a complete category
 
 
-def ensure_category(root: str | Path, category: str, seed: int = 0, **kwargs: int) -> Path:
-    """Generate ``category`` unless a complete copy with the same parameters is already there."""
-    cdir = Path(root) / category
-    marker = cdir / _MARKER
-    if marker.is_file():
-        params = json.loads(marker.read_text())
-        wanted = dict(version=GENERATOR_VERSION, seed=seed, **kwargs)
-        scale = wanted.pop("defect_scale", 1.0)  # absent from the marker = 1 (folders generated before the option)
-        if all(params.get(k) == v for k, v in wanted.items()) and params.get("defect_scale", 1.0) == scale:
+def _matches(cdir: Path, seed: int, kwargs: dict) -> bool:
+    """Whether ``cdir`` holds a complete generated category with these settings (its marker says so)."""
+    try:
+        params = json.loads((cdir / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(params, dict):
+        return False
+    wanted = dict(version=GENERATOR_VERSION, **{**DEFAULTS, "seed": seed, **kwargs})  # unnamed settings: defaults
+    scale = wanted.pop("defect_scale")  # absent from the marker = 1 (folders generated before the option)
+    return all(params.get(k) == v for k, v in wanted.items()) and params.get("defect_scale", 1.0) == scale
+
+
+def ensure_category(root: str | Path, category: str, seed: int = 0, **kwargs: float) -> Path:
+    """The folder of ``category`` generated with these settings under ``root``, generated unless a complete copy
+    is there: ``root/category`` when it holds these settings or does not exist yet, else
+    ``variant_root(root, settings)/category``.
+
+    A copy of other settings is never replaced (a run of that sweep may be reading it) and a folder without the
+    generator's marker (the user's) is never touched. Runs wait for each other's generation on ``root`` (a lock),
+    so runs with the same settings generate them once."""
+    root = Path(root)
+    first, own = root / category, variant_root(root, seed=seed, **kwargs) / category
+    for cdir in (first, own):
+        if _matches(cdir, seed, kwargs):
             return cdir
-    return generate_category(root, category, seed=seed, **kwargs)
+    full = {**DEFAULTS, "seed": seed, **kwargs}
+    _check(category, float(full["defect_scale"]))
+    with _generation_lock(root, category):
+        for cdir in (first, own):
+            if _matches(cdir, seed, kwargs):  # generated by another run while this one waited
+                return cdir
+        if not (first / _MARKER).is_file():  # free (or the user's: refused in one line)
+            return _generate(root, category, **full)
+        return _generate(own.parent, category, **full)  # a copy of older settings there: replaced whole
 
 
 class SyntheticDataModule(MVTecDataModule):
@@ -173,6 +264,7 @@ class SyntheticDataModule(MVTecDataModule):
         super().__init__(*args, **kwargs)
         self.gen = dict(seed=int(generator_seed), n_train=int(n_train), n_test_good=int(n_test_good),
                         n_per_defect=int(n_per_defect), size=int(synth_size), defect_scale=float(defect_scale))
+        self.base_root = self.root  # dataset.root; self.root becomes the folder holding these settings' category
 
     @property
     def is_texture(self) -> bool:
@@ -187,5 +279,4 @@ class SyntheticDataModule(MVTecDataModule):
             from .errors import DataError
 
             raise DataError(f"unknown synthetic category {self.category!r}; known: {', '.join(SYNTHETIC_CATEGORIES)}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        ensure_category(self.root, self.category, **self.gen)
+        self.root = ensure_category(self.base_root, self.category, **self.gen).parent
