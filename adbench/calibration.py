@@ -3,13 +3,18 @@
 ``calibration.holdout`` (a fraction) of the training images is set aside before ``fit`` (fixed by the run
 seed); after ``fit`` the method scores them, and the threshold is the ``calibration.quantile`` of those
 normal scores. Test labels are never used. The result is stored in the checkpoint as ``calibration.json``.
+
+A model saved without a holdout (``calibration.holdout=0``, the benchmark datasets' default) is calibrated on the
+scores of its own training images after ``fit`` (``source="train"``): an in-sample threshold, optimistic (a method
+scores the images it was fitted on lower than new normal images, so new normal images exceed it more often than
+``1 - quantile``). It gives decisions and a fixed overlay scale without changing what the model was fitted on.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +29,10 @@ from .tiling import group_by_size
 CALIBRATION_FILE = "calibration.json"
 
 
+SOURCES = ("holdout", "train")  # held-out normal training images; the fitting images themselves (in-sample)
+_FIX = "retrain with save_model=true, or delete it and pass threshold=X to adbench.predict"
+
+
 @dataclass
 class Calibration:
     """Threshold on image scores (``score > threshold`` means anomalous) and the normal score ranges."""
@@ -35,13 +44,53 @@ class Calibration:
     scores: list[float]  # image scores of the held-out normal images
     map_low: float  # median anomaly-map value on held-out normal images (overlay: cold)
     map_high: float  # highest anomaly-map value on held-out normal images (overlay: fully hot above it)
+    source: str = "holdout"  # "train": scores of the images the model was fitted on (in-sample, optimistic)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def in_sample(self) -> bool:
+        return self.source == "train"
+
+    def describe(self) -> str:
+        """Where the threshold comes from, for the run's and predict's output."""
+        if self.in_sample:
+            return (f"quantile {self.quantile} of the {self.n_images} training images' own scores: in-sample, "
+                    f"optimistic; calibration.holdout=0.1 gives a held-out threshold")
+        return f"quantile {self.quantile} of {self.n_images} held-out normal images"
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Calibration":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+    def from_dict(cls, d: Any, where: str = "calibration", fix: str = _FIX) -> "Calibration":
+        """A calibration from its JSON form, every field checked: ConfigError (one line: ``where``, the field,
+        ``fix``) when it is not an object, misses a field, or holds a value that cannot be used."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} is corrupt (a JSON {type(d).__name__}, not an object); {fix}")
+        required = [f.name for f in fields(cls) if f.name != "source"]  # files before "source" lack it
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ConfigError(f"{where} is incomplete (no {', '.join(missing)}); {fix}")
+        for k in ("threshold", "quantile", "holdout", "map_low", "map_high"):
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{where}: {k} is {v!r}, not a finite number; {fix}")
+        problems = []
+        if not 0 < d["quantile"] <= 1:
+            problems.append(f"quantile is {d['quantile']!r}, not in (0, 1]")
+        if not 0 <= d["holdout"] < 1:
+            problems.append(f"holdout is {d['holdout']!r}, not in [0, 1)")
+        if isinstance(d["n_images"], bool) or not isinstance(d["n_images"], int) or d["n_images"] < 1:
+            problems.append(f"n_images is {d['n_images']!r}, not a positive integer")
+        if not isinstance(d["scores"], list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in d["scores"]):
+            problems.append("scores is not a list of finite numbers")
+        if d["map_high"] < d["map_low"]:
+            problems.append(f"map_high {d['map_high']!r} is below map_low {d['map_low']!r}")
+        if d.get("source", "holdout") not in SOURCES:
+            problems.append(f"source is {d.get('source')!r}, not one of {', '.join(SOURCES)}")
+        if problems:
+            raise ConfigError(f"{where}: {problems[0]}; {fix}")
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     def save(self, directory: str | Path) -> Path:
         from .results import write_json_atomic
@@ -55,21 +104,11 @@ class Calibration:
         path = Path(directory) / CALIBRATION_FILE
         if not path.is_file():
             return None
-        fix = "retrain with save_model=true, or delete it and pass threshold=X to adbench.predict"
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise ConfigError(f"{path} is unreadable or corrupt ({type(err).__name__}); {fix}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path} is corrupt (a JSON {type(d).__name__}, not an object); {fix}")
-        missing = [k for k in cls.__dataclass_fields__ if k not in d]
-        if missing:
-            raise ConfigError(f"{path} is incomplete (no {', '.join(missing)}); {fix}")
-        for k in ("threshold", "quantile", "map_low", "map_high"):
-            v = d[k]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{path}: {k} is {v!r}, not a finite number; {fix}")
-        return cls.from_dict(d)
+            raise ConfigError(f"{path} is unreadable or corrupt ({type(err).__name__}); {_FIX}") from None
+        return cls.from_dict(d, str(path))
 
 
 def check_options(holdout: float, quantile: float) -> None:
@@ -102,8 +141,12 @@ def calibration_loader(samples: Sequence[Sample], image_size: int, crop_size: in
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-def check_scores(pred: Prediction, method: str, paths: Sequence[str | Path], where: str) -> None:
-    """Raise ScoreError (one line) when image scores or maps hold NaN or inf."""
+TRAINING_FIX = "check method.* options (e.g. a lower learning rate) or try another seed"
+
+
+def check_scores(pred: Prediction, method: str, paths: Sequence[str | Path], where: str,
+                 fix: str = TRAINING_FIX) -> None:
+    """Raise ScoreError (one line ending in ``fix``) when image scores or maps hold NaN or inf."""
     bad_img = ~np.isfinite(pred.image_scores)
     bad_map = ~np.isfinite(pred.anomaly_maps).reshape(len(pred.anomaly_maps), -1).any(axis=1)
     if not bad_img.any() and not bad_map.any():
@@ -113,12 +156,14 @@ def check_scores(pred: Prediction, method: str, paths: Sequence[str | Path], whe
     raise ScoreError(
         f"method {method} produced NaN/inf scores on {where}: {int(bad_img.sum())} image score(s) and {n_px} map "
         f"value(s) (first: {paths[first] if first < len(paths) else first}); nothing was computed from them. "
-        f"Fix: check method.* options (e.g. a lower learning rate) or try another seed"
+        f"Fix: {fix}"
     )
 
 
-def calibrate(method: Any, loader: DataLoader, quantile: float, holdout: float, name: str = "") -> Calibration:
-    """Score held-out normal images with the fitted ``method`` and set the threshold at ``quantile``."""
+def calibrate(method: Any, loader: DataLoader, quantile: float, holdout: float, name: str = "",
+              source: str = "holdout") -> Calibration:
+    """Score normal images with the fitted ``method`` and set the threshold at ``quantile``: held-out ones
+    (``source="holdout"``) or the training images themselves (``source="train"``, in-sample)."""
     ds = loader.dataset
     paths = [s.path for s in ds.samples] if hasattr(ds, "samples") else []
     groups = [list(range(len(ds)))]
@@ -131,14 +176,14 @@ def calibrate(method: Any, loader: DataLoader, quantile: float, holdout: float, 
                                                           shuffle=False, num_workers=0)
         pred: Prediction = method.predict(part)
         check_scores(pred, name or type(method).__name__, [paths[i] for i in idx] if paths else [],
-                     "held-out calibration images")
+                     "held-out calibration images" if source == "holdout" else "the training images (calibration)")
         scores[idx] = pred.image_scores.astype(np.float64)
         values.append(np.asarray(pred.anomaly_maps).ravel())
     maps = np.concatenate(values)
     low, high = float(np.median(maps)), float(maps.max())
     return Calibration(threshold=float(np.quantile(scores, quantile)), quantile=float(quantile),
                        holdout=float(holdout), n_images=int(len(scores)), scores=[float(s) for s in scores],
-                       map_low=low, map_high=high if high > low else low + 1e-12)
+                       map_low=low, map_high=high if high > low else low + 1e-12, source=source)
 
 
 def threshold_rates(threshold: float, scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
