@@ -53,7 +53,7 @@ def _record_failure(cfg: DictConfig, status: str, err: BaseException) -> tuple[s
 def _failed(cfg: DictConfig, status: str, err: BaseException, error: str) -> dict[str, Any]:
     """Record a failed sweep job, log one line, and return its status for the sweep summary."""
     path, kept = _record_failure(cfg, status, err)
-    where = f"recorded in {path}" + (f"; the earlier ok result {kept} is kept" if kept else "")
+    where = (f"recorded in {path}" if path else "not recorded") + (f"; the earlier ok result {kept} is kept" if kept else "")
     log.error("job %s: %s (%s); the sweep goes on", status, error, where)
     return {"status": status, "error": error, "path": path, "kept": kept}
 

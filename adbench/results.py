@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from .data.errors import ConfigError
+
 # keys that do not change what a run computes, left out of its identity hash
 VOLATILE_KEYS = ("results_dir", "progress", "resume", "save_model", "save_maps", "device", "feature_cache",
                 "logger")
@@ -34,10 +36,47 @@ def config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+# folders that are never a results_dir, and those nothing is written under
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt",
+               "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var")
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+
+
+def check_results_dir(results_dir: str | Path) -> None:
+    """ConfigError when ``results_dir`` is a system folder (``/``, ``/etc``, anything under ``/usr``...) or the home
+    folder itself."""
+    p = Path(results_dir).expanduser().resolve()
+    if p == Path.home().resolve():
+        what = "your home folder"
+    elif str(p) in SYSTEM_DIRS or any(p.is_relative_to(t) for t in SYSTEM_TREES):
+        what = "a system folder"
+    else:
+        return
+    raise ConfigError(f"results_dir={results_dir} is {what}; pass results_dir=DIR, a folder of its own "
+                      f"(e.g. results_dir=results)")
+
+
+def path_part(option: str, value: Any) -> str:
+    """``value`` as one folder name under results_dir; ConfigError when it is empty, ``.``, ``..`` or holds a
+    path separator (it would leave its folder)."""
+    name = str(value)
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"{option}={value!r} would leave results_dir (it forms the folder "
+                          f"<results_dir>/runs/<method>/<dataset>/<category>); pass a plain name without '/' or "
+                          f"'..', e.g. {option}={'bottle' if option == 'category' else 'NAME'}")
+    return name
+
+
 def run_path(results_dir: str | Path, cfg: dict[str, Any]) -> Path:
-    """Where the record of a run with this resolved config lives."""
-    return (Path(results_dir) / "runs" / str(cfg["method"]["name"]) / str(cfg["dataset"]["name"])
-            / str(cfg["category"]) / f"seed{cfg['seed']}-{config_hash(cfg)}.json")
+    """Where the record of a run with this resolved config lives: always inside ``<results_dir>/runs`` (a value
+    that would leave it, or a system folder as results_dir, is a ConfigError)."""
+    check_results_dir(results_dir)
+    seed = cfg["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} is not an integer; pass e.g. seed=0")
+    return (Path(results_dir) / "runs" / path_part("method.name", cfg["method"]["name"])
+            / path_part("dataset.name", cfg["dataset"]["name"]) / path_part("category", cfg["category"])
+            / f"seed{seed}-{config_hash(cfg)}.json")
 
 
 def failure_path(path: str | Path) -> Path:

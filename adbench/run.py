@@ -423,8 +423,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     method_name = check_method(cfg)
+    out_path = run_path(str(cfg.results_dir), resolved)  # first: a value leaving results_dir creates nothing
     results_dir = ensure_writable_dir(str(cfg.results_dir), "results_dir")
-    out_path = run_path(results_dir, resolved)
     logger = check_logger(cfg.get("logger", "none"))
     skipped = resume_check(cfg, out_path, logger)
     if skipped is not None:
