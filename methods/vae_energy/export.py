@@ -77,8 +77,9 @@ def export_module(method) -> nn.Module:
     graph = VAEReconstructionGraph(method.model.cpu().eval(), method.in_channels == 1, method._side,
                                    int(cfg.input_size), int(cfg.texture.stride), method.texture, (int(h), int(w)),
                                    float(cfg.smoothing_sigma), str(cfg.image_score), int(cfg.topk),
-                                   getattr(method, "norm_stats", {}).get("reconstruction"))
-    if str(cfg.score) == "projection":
+                                   None if method.map_kind.endswith("_raw")
+                                   else getattr(method, "norm_stats", {}).get("reconstruction"))
+    if method.map_kind.startswith("projection"):
         graph.export_note = ("reconstruction map |x0 - f(x0)|: the checkpoint scores by projection (autograd steps "
                              "through the VAE, not exportable); no threshold")
         graph.export_calibrated = False

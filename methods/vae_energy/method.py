@@ -45,7 +45,9 @@ def _check_config(cfg: DictConfig) -> None:
     ploss = cfg.projection.get("loss")
     need(ploss is None or ploss in RECON_LOSSES,
          f"method.projection.loss={ploss!r}: null or one of {', '.join(RECON_LOSSES)}")
-    need(cfg.score in SCORES, f"method.score={cfg.score!r} is not one of {', '.join(SCORES)}")
+    need(cfg.score in SCORES + ("auto",), f"method.score={cfg.score!r} is not one of {', '.join(SCORES)} or auto")
+    need(str(cfg.get("standardize", False)) in ("True", "False", "auto"),
+         f"method.standardize={cfg.get('standardize')!r} must be true, false or auto")
     need(cfg.image_score in IMAGE_SCORES,
          f"method.image_score={cfg.image_score!r} is not one of {', '.join(IMAGE_SCORES)}")
     need(cfg.train.flips in FLIPS, f"method.train.flips={cfg.train.flips!r} is not one of {', '.join(FLIPS)}")
@@ -59,7 +61,10 @@ def _check_config(cfg: DictConfig) -> None:
     hold = float(cfg.train.get("holdout") or 0)
     need(0 <= hold < 1, f"method.train.holdout={hold} must be in [0, 1)")
     need(not cfg.get("standardize", False) or hold > 0,
-         "method.standardize=true needs held-out normal training images: set method.train.holdout > 0 (e.g. 0.1)")
+         f"method.standardize={cfg.get('standardize')} needs held-out normal training images: set "
+         f"method.train.holdout > 0 (e.g. 0.1)")
+    need(cfg.score != "auto" or hold > 0,
+         "method.score=auto chooses on held-out normal training images: set method.train.holdout > 0 (e.g. 0.1)")
     need(not cfg.train.get("keep_best", False) or hold > 0,
          "method.train.keep_best=true needs held-out normal training images: set method.train.holdout > 0")
     need(int(cfg.train.get("val_every") or 1) >= 1, f"method.train.val_every={cfg.train.get('val_every')} must be >= 1")
@@ -73,6 +78,11 @@ def _check_config(cfg: DictConfig) -> None:
     need(r >= s and st >= 1 and (r - s) % st == 0,
          f"method.texture.resize={r} must be tiled exactly by crops of method.input_size={s} "
          f"at method.texture.stride={st}")
+
+
+def zscore(maps: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
+    """Per-pixel z-score of maps [B, H, W] against held-out statistics [H, W] (std already floored)."""
+    return ((maps - mean.numpy()) / std.numpy()).astype(np.float32)
 
 
 def check_input_side(height: int, width: int, side: int, texture: bool) -> None:
@@ -115,6 +125,7 @@ class VAEEnergy:
         self.history: list[float] = []  # mean training loss per epoch
         self.train_log: list[dict] = []  # one entry per epoch (stage, step, loss, lr, val_ratio)
         self.norm_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # kind -> (mean [H, W], std [H, W])
+        self.selection: dict | None = None  # score / standardize = auto: the map chosen on held-out normals, and why
         self.timings: dict[str, float] = {}
         self.extra_predictions: dict[str, Prediction] = {}
 
@@ -275,6 +286,10 @@ class VAEEnergy:
         t2 = time.perf_counter()
         if self.cfg.get("standardize", False):
             self.norm_stats = self._held_out_statistics(held, size)
+        if self.auto:
+            self.selection = self._choose_map(held, size).to_dict()
+            log.info("vae_energy: chose the %s map (synthetic-anomaly pixel AUROC %s)", self.selection["chosen"],
+                     self.selection["pixel_auroc"])
         if mean_input is not None:
             if "val_ratio" not in self.train_log[-1]:
                 self.train_log[-1]["val_ratio"] = self.val_ratio(held, mean_input)
@@ -330,13 +345,53 @@ class VAEEnergy:
             stats[kind] = (mean.float(), std.clamp_min(floor).float())
         return stats
 
+    # ---- the map kind ----------------------------------------------------------------------------------------
+    @property
+    def auto(self) -> bool:
+        """Whether the map is chosen per run (``score=auto`` or ``standardize=auto``)."""
+        return self.cfg.score == "auto" or str(self.cfg.get("standardize", False)) == "auto"
+
+    def candidates(self) -> list[str]:
+        """Map kinds ``auto`` chooses from, the default first: the score's standardised map, then its raw map
+        (``standardize=auto``); both scores with ``score=auto``."""
+        scores = list(SCORES) if self.cfg.score == "auto" else [str(self.cfg.score)]
+        how = str(self.cfg.get("standardize", False))
+        suffixes = {"auto": ["", "_raw"], "True": [""], "False": ["_raw"]}[how]
+        return [score + suffix for score in scores for suffix in suffixes]
+
+    @property
+    def map_kind(self) -> str:
+        """The map in use: ``projection`` / ``reconstruction`` (standardised with ``standardize``) or ``*_raw``."""
+        if self.auto:
+            if self.selection is None:
+                raise RuntimeError("vae_energy: score / standardize = auto chooses the map in fit(); fit or load first")
+            return str(self.selection["chosen"])
+        return str(self.cfg.score) + ("" if self.norm_stats else "_raw")
+
+    def _choose_map(self, held: torch.Tensor, size: tuple[int, int]):
+        """Score the candidate maps on synthetic anomalies in the held-out model-space images [N, C, s, s]."""
+        from adbench.mapselect import choose_map_kind
+
+        def maps(images: torch.Tensor, stats: dict) -> dict[str, np.ndarray]:
+            out: dict[str, list[np.ndarray]] = {}
+            chunk = int(self.cfg.projection.get("batch_size") or 32)
+            for i in range(0, images.shape[0], chunk):
+                for kind, m in self._smoothed_maps(images[i : i + chunk].to(self.device), size).items():
+                    out.setdefault(f"{kind}_raw", []).append(m)
+                    if kind in stats:
+                        out.setdefault(kind, []).append(zscore(m, *stats[kind]))
+            return {k: np.concatenate(v) for k, v in out.items()}
+
+        return choose_map_kind(held.float(), self.candidates(), lambda x: self._held_out_statistics(x, size), maps,
+                               self._image_scores, self.ctx.seed)
+
     # ---- scoring --------------------------------------------------------------------------------------------
     def _maps_model_space(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, C, side, side] -> (reconstruction map, projection map or None), each [B, 1, side, side]."""
         stride = int(self.cfg.texture.stride)
         crops = self._model_inputs(x0)  # [B*T, C, s, s]
         pc = self.cfg.projection
-        steps = int(pc.steps) if self.cfg.score == "projection" else 0
+        steps = int(pc.steps) if self.cfg.score in ("projection", "auto") else 0
         pkl = pc.get("kl_weight")
         kl_weight = float(self.cfg.kl_weight) if pkl is None else float(pkl)
         rec_maps, proj_maps = [], []
@@ -384,7 +439,7 @@ class VAEEnergy:
         if tuple(mean.shape) != maps.shape[1:]:
             raise ConfigError(f"vae_energy: method.standardize statistics are {tuple(mean.shape)} but the test maps "
                               f"are {maps.shape[1:]}: predict at the dataset size the model was fitted with")
-        return ((maps - mean.numpy()) / std.numpy()).astype(np.float32)
+        return zscore(maps, mean, std)
 
     def predict(self, test_loader: DataLoader) -> Prediction:
         """Scores and maps of ``method.score``; the other maps of the same model go to extra_predictions."""
@@ -403,13 +458,15 @@ class VAEEnergy:
         out: dict[str, np.ndarray] = {}
         for kind, parts in maps.items():
             a = np.concatenate(parts)  # [N, H, W]
+            out[f"{kind}_raw"] = a
             if self.norm_stats:
-                out[f"{kind}_raw"] = a
-                a = self._standardized(kind, a)
-            out[kind] = a
+                out[kind] = self._standardized(kind, a)
         preds = {k: Prediction(self._image_scores(a), a) for k, a in out.items()}
         self.timings.update(predict_model_s=t_model, postprocess_s=time.perf_counter() - tp)
-        main = preds.pop(str(self.cfg.score))
+        if not self.norm_stats:  # unstandardised maps keep their plain names in records
+            preds = {k.removesuffix("_raw"): p for k, p in preds.items()}
+        kind = self.map_kind if self.norm_stats else self.map_kind.removesuffix("_raw")
+        main = preds.pop(kind)
         self.extra_predictions = preds
         return main
 
@@ -421,7 +478,8 @@ class VAEEnergy:
         save_method_state(Path(directory) / "vae_energy.pt", "vae_energy", CHECKPOINT_VERSION, self.cfg,
                           grayscale=self.in_channels == 1, is_texture=self.texture,
                           model=self.model.state_dict(), history=self.history, train_log=json.dumps(self.train_log),
-                          norm_stats={k: torch.stack(v) for k, v in self.norm_stats.items()})
+                          norm_stats={k: torch.stack(v) for k, v in self.norm_stats.items()},
+                          selection=json.dumps(self.selection))
 
     @classmethod
     def load(cls, directory: str | Path, ctx: RunContext) -> "VAEEnergy":
@@ -434,5 +492,6 @@ class VAEEnergy:
         self.history = [float(v) for v in state["history"]]
         self.train_log = json.loads(state["train_log"])
         self.norm_stats = {k: (v[0], v[1]) for k, v in state["norm_stats"].items()}
+        self.selection = json.loads(state.get("selection") or "null")
         self.fitted = True
         return self
