@@ -320,6 +320,8 @@ def make_record(s: RunSetup, fitted: Fitted, ev: Evaluation) -> dict[str, Any]:
         "evaluate_s": round(ev.evaluate_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "method_timings": {k: round(v, 3) for k, v in getattr(s.method, "timings", {}).items()},
+        # a map kind chosen per run (score / standardize = auto): which, by what criterion, every candidate's figure
+        "map_selection": getattr(s.method, "selection", None),
         "per_image": {  # for ROC curves and galleries
             "score": [float(v) for v in ev.pred.image_scores], "label": ev.labels.tolist(),
             "defect_type": ev.defect_types, "file": [f"{smp.defect_type}/{smp.path.name}" for smp in s.dm.test_samples],
