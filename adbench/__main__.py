@@ -36,7 +36,7 @@ def _record_failure(cfg: DictConfig, status: str, err: BaseException) -> tuple[s
         path = run_path(cfg.results_dir, resolved)
         kept = None
         if path.is_file():
-            rec, _ = read_record(path)
+            rec, _ = read_record(path, validate=False)  # an ok record is kept, even one a hand edit broke
             if rec is not None and rec.get("status") == "ok":
                 kept, path = str(path), failure_path(path)
         write_json_atomic(path, {

@@ -58,8 +58,11 @@ def check_results_dir(results_dir: str | Path) -> None:
 
 def path_part(option: str, value: Any) -> str:
     """``value`` as one folder name under results_dir; ConfigError when it is empty, ``.``, ``..`` or holds a
-    path separator (it would leave its folder)."""
-    name = str(value)
+    path separator (it would leave its folder), or not a string (a record's tables need names)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{option}={value!r} is not a name (a {type(value).__name__}); quote it: "
+                          f"'{option}=\"{value}\"'")
+    name = value
     if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise ConfigError(f"{option}={value!r} would leave results_dir (it forms the folder "
                           f"<results_dir>/runs/<method>/<dataset>/<category>); pass a plain name without '/' or "
@@ -85,8 +88,11 @@ def failure_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.failed.json")
 
 
-def read_record(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(the record at ``path``, None) or (None, why it cannot be used: unreadable, not JSON, not an object)."""
+def read_record(path: str | Path, validate: bool = True) -> tuple[dict[str, Any] | None, str | None]:
+    """(the record at ``path``, None) or (None, why it cannot be used: unreadable, not JSON, not an object, or,
+    with ``validate``, not following :class:`adbench.record_schema.RunRecord`, naming the field)."""
+    from .record_schema import record_problem
+
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
@@ -96,6 +102,9 @@ def read_record(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{path} is not valid JSON ({type(err).__name__})"
     if not isinstance(rec, dict):
         return None, f"{path} is not a run record (a JSON {type(rec).__name__}, not an object)"
+    problem = record_problem(rec) if validate else None
+    if problem:
+        return None, f"{path} is not a valid run record: {problem}"
     return rec, None
 
 
@@ -192,11 +201,7 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
             continue
         if rec.get("status", "ok") != "ok":
             continue
-        cfg = rec.get("config", {})
-        if not isinstance(cfg, dict) or not isinstance(rec.get("metrics", {}), dict) or \
-                not all(isinstance(cfg.get(k, {}), dict) for k in ("method", "dataset")):
-            warn(f"{p} is not a run record (its config or metrics are not objects); skipped")
-            continue
+        cfg = rec["config"]  # read_record checked the types
         row = {"method": cfg.get("method", {}).get("name"), "dataset": cfg.get("dataset", {}).get("name"),
                "category": cfg.get("category"), "seed": cfg.get("seed"),
                "preset": (cfg.get("preset") or {}).get("name"), "path": str(p)}

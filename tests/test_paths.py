@@ -19,7 +19,7 @@ CFG = {"method": {"name": "mean_image"}, "dataset": {"name": "mvtec"}, "category
 
 @pytest.mark.parametrize("key,value", [
     ("category", "../../x"), ("category", "a/b"), ("category", ".."), ("category", ""), ("category", "/etc"),
-    ("method", "../x"), ("dataset", "../../x"), ("dataset", "."), ("seed", "../x"), ("seed", "zero"),
+    ("method", "../x"), ("dataset", "../../x"), ("dataset", "."), ("seed", "../x"), ("seed", "zero"), ("category", 5), ("seed", True),
 ])
 def test_run_path_refuses_values_that_leave_their_folder(tmp_path, key, value):
     cfg = {**CFG, key: {"name": value} if key in ("method", "dataset") else value}
