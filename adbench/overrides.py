@@ -1,8 +1,9 @@
 """One-line errors for command-line overrides Hydra cannot apply (unknown method, dataset, option).
 
 Hydra's own messages span several lines and, for a misspelt key, suggest ``+key=value`` (which would add the
-typo to the config). :func:`explain` composes the config first and turns such failures into one line that
-names the option and the fix.
+typo to the config). :func:`explain` parses and composes the config first and turns such failures into one line
+that names the option and the fix (also an unquoted value with a space, and a scalar given for a group of options
+such as ``dataset.tiling=32``).
 """
 
 from __future__ import annotations
@@ -34,15 +35,63 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+def _quoted(value: str) -> str:
+    """``value`` with each comma-separated element that is not a plain word in double quotes."""
+    return ",".join(v if re.fullmatch(r"[A-Za-z0-9_./:+@~-]*", v) else f'"{v}"' for v in value.split(","))
+
+
+def unparsable(argv: list[str]) -> str | None:
+    """The one-line error for the first ``key=value`` argument Hydra's override grammar cannot parse (a space, a
+    non-ASCII letter...), with the quoted form to pass instead; None when all parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException:
+            key, _, value = arg.partition("=")
+            return (f"cannot parse the override {arg!r}: a value with spaces or other special characters must be "
+                    f"quoted; pass it as '{key}={_quoted(value)}'")
+    return None
+
+
+def scalar_for_group(argv: list[str]) -> str | None:
+    """The one-line error for ``key=value`` where ``key`` holds a group of options (e.g. ``dataset.tiling=32``);
+    None when there is none."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    scalars = {}
+    for arg, o in zip(argv, OverridesParser.create().parse_overrides(argv)):
+        if not o.is_delete() and o.key_or_group not in groups and isinstance(o.value(), (bool, int, float, str)):
+            scalars[arg] = o
+    if not scalars:
+        return None
+    base = _compose([a for a in argv if a not in scalars])
+    for arg, o in scalars.items():
+        node = OmegaConf.select(base, o.key_or_group)
+        if isinstance(node, DictConfig) and len(node):
+            keys = list(node.keys())
+            return (f"{arg}: {o.key_or_group} holds options ({', '.join(map(str, keys))}), not one value; set one of "
+                    f"them, e.g. {o.key_or_group}.{keys[0]}={o.value()}")
+    return None
+
+
 def explain(argv: list[str]) -> str | None:
-    """None when ``argv`` (single-run overrides) composes; else the one-line error to show."""
+    """None when ``argv`` parses and (single-run overrides) composes; else the one-line error to show."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
-    if not argv or any(a.startswith("-") for a in argv):  # flags, --help, multirun: Hydra handles those
-        return None
+    problem = unparsable(argv)
+    if problem or not argv or any(a.startswith("-") for a in argv):  # flags, --help, multirun: Hydra handles those
+        return problem
     try:
         _compose(argv)
-        return None
+        return scalar_for_group(argv)
     except MissingConfigException as err:
         missing = str(getattr(err, "missing_cfg_file", "") or "")
         group, _, value = missing.partition("/")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import viz
+from .data.errors import ConfigError
 from .results import load_runs, read_record
 from .table1 import ORDER, REFERENCE, TABLE_METHODS, aggregate, fmt_pm, label, load_published, select, variants_of
 
@@ -379,7 +381,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
         if blocks:
             parts.append(f"<h2>{html.escape(c if not show_ds else f'{d}/{c}')}: galleries</h2>")
             parts += blocks
-    t1 = results_dir / "table1.md"
+    t1 = out.parent / "table1.md"
     if t1.is_file():
         parts.append("<p class='note'>All numbers as tables: <code>table1.md</code>, <code>table1.csv</code> and "
                      "<code>table1_defects.csv</code> beside this file.</p>")
@@ -387,11 +389,13 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
 
 
 def _write(out: Path, parts: list[str]) -> Path:
-    """Write the page atomically (temporary file + rename)."""
+    """Write the page atomically (temporary file + rename); a folder that cannot be written is a one-line
+    ConfigError."""
     parts.append("</body></html>")
-    from .utils import write_text_atomic
+    from .results import write_texts
 
-    return write_text_atomic(out, "\n".join(parts))
+    write_texts({out: "\n".join(parts)}, fix="pass --out FILE")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output file (default: <results>/report.html)")
     ap.add_argument("--preset", default=None, help="the preset whose runs to show (default: the one with most runs)")
     args = ap.parse_args(argv)
-    print(f"wrote {build_report(args.results, args.out, args.preset)}")
+    try:
+        print(f"wrote {build_report(args.results, args.out, args.preset)}")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

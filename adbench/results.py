@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -214,8 +215,29 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_table(results_dir: str | Path, name: str = "summary", metrics: tuple[str, ...] = METRIC_ORDER) -> pd.DataFrame:
-    """Aggregate runs into ``<results_dir>/<name>.csv`` and ``.md``: category rows, a mean row, per method."""
+def cannot_write(err: OSError, path: Path, fix: str = "pass --out DIR") -> str:
+    """The one line for an output that cannot be written: its folder is read-only, or the write's own reason."""
+    why = err.strerror or type(err).__name__
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{path.parent} is read-only ({why} writing {path.name}); {fix} to write it elsewhere"
+    return f"cannot write {path} ({why}); {fix} to write it elsewhere"
+
+
+def write_texts(texts: dict[Path, str], fix: str = "pass --out DIR") -> None:
+    """Write each file atomically; a failed write is a one-line ConfigError (:func:`cannot_write`)."""
+    from .utils import write_text_atomic
+
+    for path, text in texts.items():
+        try:
+            write_text_atomic(path, text)
+        except OSError as err:
+            raise ConfigError(cannot_write(err, Path(path), fix)) from None
+
+
+def build_table(results_dir: str | Path, name: str = "summary", metrics: tuple[str, ...] = METRIC_ORDER,
+                out_dir: str | Path | None = None) -> pd.DataFrame:
+    """Aggregate runs into ``<out_dir>/<name>.csv`` and ``.md`` (default: ``results_dir``): category rows, a mean
+    row, per method. A folder that cannot be written is a one-line ConfigError."""
     df = load_runs(results_dir)
     if df.empty:
         raise FileNotFoundError(f"no run records under {Path(results_dir) / 'runs'}")
@@ -230,9 +252,9 @@ def build_table(results_dir: str | Path, name: str = "summary", metrics: tuple[s
         mean = {**dict(zip(keys, key)), "category": "mean", **sub[cols].mean().to_dict()}
         parts.append(pd.concat([sub, pd.DataFrame([mean])], ignore_index=True))
     out = pd.concat(parts, ignore_index=True)
-    results_dir = Path(results_dir)
-    out.to_csv(results_dir / f"{name}.csv", index=False, float_format="%.4f")
-    (results_dir / f"{name}.md").write_text(to_markdown(out) + "\n")
+    folder = Path(out_dir or results_dir)
+    write_texts({folder / f"{name}.csv": out.to_csv(index=False, float_format="%.4f"),
+                 folder / f"{name}.md": to_markdown(out) + "\n"})
     return out
 
 
@@ -253,14 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m adbench.results",
-                                 description="Aggregate run records into <results-dir>/<name>.csv and .md")
+                                 description="Aggregate run records into <out>/<name>.csv and .md")
     ap.add_argument("--results-dir", default="results", help="folder holding runs/ (default: results)")
     ap.add_argument("--name", default="summary", help="table file name without extension (default: summary)")
+    ap.add_argument("--out", default=None, help="folder for the table files (default: --results-dir)")
     args = ap.parse_args(argv)
     try:
-        table = build_table(args.results_dir, args.name)
+        table = build_table(args.results_dir, args.name, out_dir=args.out)
     except FileNotFoundError as err:
         print(f"error: {err}")
+        return 2
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(to_markdown(table))
     return 0

@@ -18,8 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..data.errors import ConfigError
 from ..registry import list_methods
-from ..utils import write_text_atomic
+from ..results import write_texts
 from . import ORDER, REFERENCE, TABLE_METHODS, VARIANTS, build, per_defect, to_markdown
 
 
@@ -119,9 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--categories", default=None,
                     help="comma-separated categories to run (default: every category present under --data)")
     ap.add_argument("--no-run", action="store_true", help="only rebuild the tables from existing runs")
-    ap.add_argument("--no-report", action="store_true", help="do not rebuild <results>/report.html")
+    ap.add_argument("--no-report", action="store_true", help="do not rebuild <out>/report.html")
+    ap.add_argument("--out", default=None,
+                    help="folder for table1.md/.csv, table1_defects.csv and report.html (default: --results)")
     args = ap.parse_args(argv)
     data, results = Path(args.data), Path(args.results)
+    out = Path(args.out) if args.out else results
     landed = [m for m in TABLE_METHODS if m in list_methods()]
     methods = [m for m in args.methods.split(",")] if args.methods else landed
     unknown = [m for m in methods if m not in list_methods()]
@@ -158,17 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     command = f"make table1 PRESET={args.preset} DATA={args.data} RESULTS={args.results}" + \
         (f" SEEDS={args.seeds}" if args.seeds != "0" else "") + \
         (f" SEED_METHODS={args.seed_methods}" if args.seed_methods else "")
-    results.mkdir(parents=True, exist_ok=True)
     md = to_markdown(table, args.preset, command, defects)
-    write_text_atomic(results / "table1.csv", table.to_csv(index=False, quoting=csv.QUOTE_MINIMAL))
-    write_text_atomic(results / "table1_defects.csv", defects.to_csv(index=False))
-    write_text_atomic(results / "table1.md", md + "\n")
-    print(md)
-    print(f"wrote {results / 'table1.md'}, {results / 'table1.csv'} and {results / 'table1_defects.csv'}")
-    if not args.no_report:
-        from ..report import build_report
+    try:
+        write_texts({out / "table1.csv": table.to_csv(index=False, quoting=csv.QUOTE_MINIMAL),
+                     out / "table1_defects.csv": defects.to_csv(index=False), out / "table1.md": md + "\n"})
+        print(md)
+        print(f"wrote {out / 'table1.md'}, {out / 'table1.csv'} and {out / 'table1_defects.csv'}")
+        if not args.no_report:
+            from ..report import build_report
 
-        print(f"wrote {build_report(results, preset=args.preset)}")
+            print(f"wrote {build_report(results, out / 'report.html', preset=args.preset)}")
+    except ConfigError as err:  # a read-only results folder: one line, pass --out
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
