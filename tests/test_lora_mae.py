@@ -449,3 +449,19 @@ def test_record_carries_the_raw_maps_beside_the_standardised(small_synthetic_roo
     record = run(cfg)
     assert set(record["extra_metrics"]) == {"raw", "error"}
     assert 0 <= record["extra_metrics"]["raw"]["pixel_auroc"] <= 1
+
+
+def test_standardize_auto_chooses_per_run_and_the_checkpoint_keeps_it(small_synthetic_root, tmp_path):
+    cfg = compose_cfg(["method=lora_mae", "preset=tiny", f"results_dir={tmp_path}", "method.train.epochs=1",
+                       "method.train.holdout=0.34", "method.inference.standardize=auto", "save_model=true",
+                       *small_synthetic_overrides(small_synthetic_root)])
+    record = run(cfg)
+    sel = record["map_selection"]
+    assert sel["chosen"] in ("error", "none", "residual") and sel["n_images"] == 4
+    assert set(sel["pixel_auroc"]) == {"error", "none", "residual"} and "synthetic anomalies" in sel["criterion"]
+    main = {"none": "raw"}.get(sel["chosen"], sel["chosen"])
+    assert set(record["extra_metrics"]) == {"raw", "error", "residual"} - {main}  # the main map is the chosen one
+    loaded = LoRAMAE.load(record["checkpoint"], RunContext(progress=False))
+    assert loaded.standardize == sel["chosen"] and loaded.selection == sel
+    with pytest.raises(ConfigError, match="or auto"):
+        LoRAMAE(_method_cfg(**{"inference.standardize": "sometimes"}), RunContext(image_size=(64, 64)))

@@ -327,3 +327,21 @@ def test_bad_config_names_the_option(override, option, small_synthetic_root):
     cfg = _tiny_cfg(small_synthetic_root, extra=[override])
     with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
         VAEEnergy(cfg.method, RunContext())
+
+
+def test_auto_chooses_the_map_per_run_and_the_checkpoint_keeps_it(small_synthetic_root, tmp_path):
+    cfg = _tiny_cfg(small_synthetic_root, extra=["method.train.holdout=0.34", "method.standardize=auto",
+                                                 "method.score=auto", f"results_dir={tmp_path}", "save_model=true"])
+    record = run(cfg)
+    sel = record["map_selection"]
+    kinds = {"projection", "projection_raw", "reconstruction", "reconstruction_raw"}
+    assert sel["chosen"] in kinds and set(sel["pixel_auroc"]) == kinds and sel["n_images"] == 4
+    assert set(record["extra_metrics"]) == kinds - {sel["chosen"]}  # the main map is the chosen one
+    loaded = VAEEnergy.load(record["checkpoint"], RunContext(seed=0, progress=False))
+    assert loaded.map_kind == sel["chosen"] and loaded.selection == sel
+    # standardize=auto alone: the configured score, standardised or not
+    m = VAEEnergy(_tiny_cfg(small_synthetic_root, extra=["method.train.holdout=0.34", "method.standardize=auto"]).method,
+                  RunContext(seed=0, progress=False))
+    assert m.candidates() == ["projection", "projection_raw"]
+    with pytest.raises(ConfigError, match="method.score=auto"):
+        VAEEnergy(_tiny_cfg(small_synthetic_root, extra=["method.score=auto"]).method, RunContext(progress=False))
