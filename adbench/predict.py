@@ -5,10 +5,12 @@ Command line::
     python -m adbench.predict checkpoint=DIR input=IMAGE_OR_FOLDER output=DIR [threshold=X] [device=auto]
     python -m adbench.predict checkpoint=FILE.onnx engine=onnxruntime input=IMAGE_OR_FOLDER output=DIR
 
-writes, per image, ``<name>.npy`` (the anomaly map, float32 [H, W] at the model's input size),
-``<name>_overlay.png`` (the map over the resized input), and a row of ``predictions.csv`` / ``predictions.json``
-with its score and the normal/anomalous decision (``score > threshold``; the threshold was calibrated at fit
-time on held-out normal training images, see :mod:`adbench.calibration`).
+writes, per image ``<name>`` (its file name with the extension, so ``a.png`` and ``a.jpg`` never share an
+output), ``<name>.npy`` (the anomaly map, float32 [H, W] at the model's input size), ``<name>_overlay.png`` (the
+map over the resized input on the checkpoint's fixed scale, a colour bar with the scale below it), and a row of
+``predictions.csv`` / ``predictions.json`` with its score and the normal/anomalous decision (``score >
+threshold``; the threshold was calibrated at fit time, see :mod:`adbench.calibration`). Everything is written in
+a staging folder and renamed into ``output=`` only when complete: a failure leaves ``output=`` as it was.
 
 Python::
 
@@ -28,7 +30,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .calibration import check_scores
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_manifest
 from .data.errors import ConfigError, DataError
 from .data.folder import list_images
 from .data.mvtec import IMAGE_SUFFIXES, _check_image, load_image
@@ -44,6 +46,7 @@ from .data.staging import make_staging
 from .data.transforms import denormalize, output_size, transform_image
 from .tiling import TiledMethod, group_by_size
 from .utils import ensure_writable_dir, progress, resolve_device
+from .viz import map_overlay
 
 OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true",
            "input": "an image file or a folder of images",
@@ -112,6 +115,22 @@ class Detector:
         if self.threshold_override is not None:
             return float(self.threshold_override)
         return self.calibration.threshold if self.calibration is not None else None
+
+    def threshold_source(self) -> str:
+        """Where :attr:`threshold` comes from, in words."""
+        if self.threshold_override is not None:
+            return "threshold= option"
+        if self.calibration is not None:
+            return self.calibration.describe()
+        return "none"
+
+    @property
+    def map_scale(self) -> tuple[float, float] | None:
+        """(low, high) of the overlays: the calibration's normal map values (median, maximum), fixed for the
+        checkpoint; None without a calibration."""
+        if self.calibration is None:
+            return None
+        return float(self.calibration.map_low), float(self.calibration.map_high)
 
     def _tensor_items(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Unnormalised RGB/gray tensor(s) in [0, 1] (or uint8) -> transformed [3, H, W] tensors."""
@@ -195,38 +214,26 @@ class Detector:
             loader = DataLoader(_Items([images[i] for i in idx], [names[i] for i in idx]), batch_size=bs,
                                 shuffle=False)
             pred = self.model.predict(loader)
-            check_scores(pred, self.method_name, [names[i] for i in idx], "the input images")
+            check_scores(pred, self.method_name, [names[i] for i in idx], "the input images",
+                         fix=f"the model in {self.checkpoint} may be corrupt: retrain it with save_model=true (or "
+                             f"export it again)")
             scored.update({i: (float(pred.image_scores[k]), pred.anomaly_maps[k]) for k, i in enumerate(idx)})
         thr = self.threshold
         results = []
         for i, img in enumerate(images):
-            rgb = (denormalize(img).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             score, amap = scored[i]
             results.append(Result(score=score, anomalous=None if thr is None else bool(score > thr), threshold=thr,
-                                  anomaly_map=amap, image=rgb, path=paths[i]))
+                                  anomaly_map=amap, image=_rgb(img), path=paths[i]))
         return results
 
-    def overlay(self, r: Result) -> Image.Image:
-        """The anomaly map over the input: cold at the normal images' median, fully hot from their maximum.
-
-        Without a calibration the map is scaled to its own range. A red frame marks an anomalous decision.
-        """
-        import matplotlib
-
-        m = r.anomaly_map.astype(np.float64)
-        if self.calibration is not None:
-            lo, hi = self.calibration.map_low, self.calibration.map_high
-        else:
-            lo, hi = float(m.min()), float(m.max())
-        norm = np.clip((m - lo) / max(hi - lo, 1e-12), 0, 1)  # [H, W]
-        heat = matplotlib.colormaps["jet"](norm)[..., :3]  # [H, W, 3]
-        alpha = 0.65 * norm[..., None]  # normal areas show the image itself
-        out = (1 - alpha) * (r.image / 255.0) + alpha * heat
-        out = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
-        if r.anomalous:
-            b = max(2, out.shape[0] // 64)
-            out[:b], out[-b:], out[:, :b], out[:, -b:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
-        return Image.fromarray(out)
+    def overlay(self, r: Result, scale: tuple[float, float] | None = None) -> Image.Image:
+        """The anomaly map over the input on one fixed scale, with a colour bar and the scale printed below it:
+        cold at ``scale[0]``, fully hot from ``scale[1]``. The scale defaults to :attr:`map_scale` (the
+        calibration's: the normal images' median map value and maximum); without a calibration pass one for all
+        images (``adbench.predict`` uses the range of all maps of its run), else the map's own range is used. A red
+        frame marks an anomalous decision."""
+        scale = scale or self.map_scale or (float(r.anomaly_map.min()), float(r.anomaly_map.max()))
+        return map_overlay(r.image, r.anomaly_map, scale[0], scale[1], r.anomalous)
 
 
 ENGINES = ("torch", "onnxruntime")
@@ -245,42 +252,63 @@ def load(checkpoint: str | Path, device: str = "auto", threshold: float | None =
     return Detector(checkpoint, device=device, threshold=threshold, method=method, batch_size=batch_size)
 
 
-def _output_names(paths: list[str], input_path: Path) -> list[Path]:
-    """Relative output stems: mirror the input folder's structure (a single file: its stem)."""
-    if input_path.is_file():
-        return [Path(input_path.stem)]
-    return [Path(p).relative_to(input_path).with_suffix("") for p in paths]
+def _output_names(files: list[Path], input_path: Path) -> list[Path]:
+    """Relative output names: each input's path below the input folder (a single file: its name), extension
+    kept, so ``a.png`` and ``a.jpg`` get ``a.png.npy`` and ``a.jpg.npy``. Two names that would still meet in
+    ``output=`` (a file and a folder of one name, or names differing only in case on a case-insensitive disk)
+    raise DataError naming both inputs, before any model work."""
+    names = [Path(input_path.name)] if input_path.is_file() else [Path(f).relative_to(input_path) for f in files]
+    folders = {p.as_posix().casefold(): f for f, n in zip(files, names) for p in n.parents if p != Path(".")}
+    taken: dict[str, Path] = {}
+    for f, n in zip(files, names):
+        for out in (f"{n.as_posix()}.npy", f"{n.as_posix()}_overlay.png"):
+            other = taken.get(out.casefold()) or folders.get(out.casefold())
+            if other is not None and other != f:
+                raise DataError(f"{f} and {other} would both write {out} in output= (names differing only in case, or "
+                                f"a folder named like an output file); rename one of them")
+            taken[out.casefold()] = f
+    return names
 
 
 FIELDS = ("path", "score", "threshold", "decision", "map", "overlay", "status", "reason")
+TABLES = ("predictions.json", "predictions.csv")  # renamed into output= last, the CSV very last
 
 
-def _replace_atomically(write: Callable[[Path], Any], dest: Path) -> None:
-    """``write(tmp)`` beside ``dest``, then rename it over ``dest``: readers see the old file or the whole new one."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _rgb(image: torch.Tensor) -> np.ndarray:
+    """A transformed image [3, H, W] back to uint8 RGB [H, W, 3] (what the map refers to)."""
+    return (denormalize(image).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def write_image_outputs(det: Detector, r: Result, name: Path, output: Path) -> dict[str, Any]:
-    """``<output>/<name>.npy`` and ``<name>_overlay.png`` for one result (each written to a temporary file and
-    renamed into place); returns its table row."""
-    base = output / name
-    base.parent.mkdir(parents=True, exist_ok=True)
-    npy = base.parent / f"{base.name}.npy"
-    png = base.parent / f"{base.name}_overlay.png"
+def write_map(r: Result, name: Path, folder: Path) -> str:
+    """``<folder>/<name>.npy``: the anomaly map of one result; returns its path relative to ``folder``."""
+    npy = folder / f"{name.as_posix()}.npy"
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    with open(npy, "wb") as f:
+        np.save(f, r.anomaly_map.astype(np.float32))
+    return str(npy.relative_to(folder))
 
-    def save_npy(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, r.anomaly_map.astype(np.float32))
 
-    _replace_atomically(save_npy, npy)
-    _replace_atomically(lambda tmp: det.overlay(r).save(tmp, format="PNG"), png)
+def write_overlay(det: Detector, r: Result, name: Path, folder: Path, scale: dict[str, Any]) -> str:
+    """``<folder>/<name>_overlay.png`` drawn on ``scale`` ({"low", "high", "source"}, also stored in the PNG's
+    ``adbench_scale`` text entry); returns its path relative to ``folder``."""
+    from PIL.PngImagePlugin import PngInfo
+
+    png = folder / f"{name.as_posix()}_overlay.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text("adbench_scale", json.dumps(scale))
+    det.overlay(r, (scale["low"], scale["high"])).save(png, format="PNG", pnginfo=info)
+    return str(png.relative_to(folder))
+
+
+def write_image_outputs(det: Detector, r: Result, name: Path, folder: Path,
+                        scale: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The map and (given a ``scale``) the overlay of one result under ``folder`` (the staging folder); returns
+    its table row (``overlay`` empty until drawn)."""
+    npy = write_map(r, name, folder)
+    png = write_overlay(det, r, name, folder, scale) if scale is not None else ""
     return {"path": r.path, "score": r.score, "threshold": r.threshold, "decision": r.decision,
-            "map": str(npy.relative_to(output)), "overlay": str(png.relative_to(output)), "status": "ok", "reason": ""}
+            "map": npy, "overlay": png, "status": "ok", "reason": ""}
 
 
 def skipped_row(path: str, reason: str, threshold: float | None) -> dict[str, Any]:
@@ -289,14 +317,9 @@ def skipped_row(path: str, reason: str, threshold: float | None) -> dict[str, An
             "status": "skipped", "reason": reason}
 
 
-def write_tables(det: Detector | None, rows: list[dict[str, Any]], output: Path) -> Path:
-    """All scores and decisions in ``predictions.csv`` and ``predictions.json``, each replaced atomically."""
-    def csv_rows(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(FIELDS))
-            w.writeheader()
-            w.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in FIELDS} for row in rows)
-
+def write_tables(det: Detector | None, rows: list[dict[str, Any]], folder: Path,
+                 scale: dict[str, Any] | None = None) -> None:
+    """All scores and decisions in ``<folder>/predictions.csv`` and ``predictions.json`` (the staging folder)."""
     meta: dict[str, Any] = {"checkpoint": None, "method": None, "threshold": None, "threshold_source": None,
                             "calibration": None, "map_size": None}
     if det is not None:
@@ -305,10 +328,13 @@ def write_tables(det: Detector | None, rows: list[dict[str, Any]], output: Path)
                     ("calibration" if det.calibration is not None else None),
                     calibration=det.calibration.to_dict() if det.calibration is not None else None,
                     map_size=det.map_size)
-    meta.update(n_images=len(rows), n_skipped=sum(r["status"] == "skipped" for r in rows), predictions=rows)
-    _replace_atomically(lambda tmp: tmp.write_text(json.dumps(meta, indent=2)), output / "predictions.json")
-    _replace_atomically(csv_rows, output / "predictions.csv")  # last: a new predictions.csv means all is in place
-    return output / "predictions.csv"
+    meta.update(overlay_scale=scale, n_images=len(rows), n_skipped=sum(r["status"] == "skipped" for r in rows),
+                predictions=rows)
+    (folder / "predictions.json").write_text(json.dumps(meta, indent=2))
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(FIELDS))
+        w.writeheader()
+        w.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in FIELDS} for row in rows)
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -393,9 +419,14 @@ def _input_files(input_path: Path, on_error: str = "stop") -> tuple[list[Path], 
 
 
 def _predict_into(det: Detector, files: list[Path], names: list[Path], staging: Path, on_error: str,
-                  show: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Score ``files`` and write their maps and overlays under ``staging``: (rows, {skipped file: reason})."""
-    rows, skipped = [], {}
+                  show: bool) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, Any] | None]:
+    """Score ``files`` and write their maps and overlays under ``staging``: (rows, {skipped file: reason}, the
+    overlays' scale). Overlays are drawn on the checkpoint's fixed scale (its calibration's); without one on the
+    range of every map of this run, in a second pass once all are known (each image decoded again)."""
+    rows, skipped, later = [], {}, []
+    fixed = det.map_scale
+    scale = None if fixed is None else {"low": fixed[0], "high": fixed[1], "source": "calibration"}
+    lows, highs = [], []
     chunk = det.batch_size * 4 if det.map_size is not None else 8  # bounded memory (full-size images: 8 at once)
     for i in progress(range(0, len(files), chunk), "predict", show, unit="chunk"):
         images, paths, chunk_names = [], [], []
@@ -412,19 +443,83 @@ def _predict_into(det: Detector, files: list[Path], names: list[Path], staging: 
         if not images:
             continue
         for r, name in zip(det.score(images, paths), chunk_names):
-            rows.append(write_image_outputs(det, r, name, staging))
+            rows.append(write_image_outputs(det, r, name, staging, scale))
+            if scale is None:
+                later.append((rows[-1], name, r.anomalous))
+                lows.append(float(np.median(r.anomaly_map)))
+                highs.append(float(r.anomaly_map.max()))
             print(f"{r.decision:<9}  {r.score:.6g}  {r.path}")
-    return rows, skipped
+    if later:  # no calibration: one scale for the whole run, from its own maps
+        low, high = float(np.median(lows)), max(highs)
+        scale = {"low": low, "high": high if high > low else low + 1e-12, "source": "this run's maps (no calibration)"}
+        for row, name, anomalous in later:
+            amap = np.load(staging / row["map"])
+            r = Result(score=row["score"], anomalous=anomalous, threshold=row["threshold"], anomaly_map=amap,
+                       image=_rgb(det.load_file(row["path"])), path=row["path"])
+            row["overlay"] = write_overlay(det, r, name, staging, scale)
+    return rows, skipped, scale
 
 
-def _commit(staging: Path, output: Path, rows: list[dict[str, Any]]) -> None:
-    """Move every map and overlay from ``staging`` into ``output`` (one rename per file)."""
-    for row in rows:
-        for key in ("map", "overlay"):
-            if row[key]:
-                dest = output / row[key]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / row[key], dest)
+def _commit(staging: Path, output: Path, names: list[str]) -> None:
+    """Rename the files ``names`` (relative paths) from ``staging`` into ``output``, in order; all or nothing.
+
+    A file of ``output`` that is replaced is first moved into the staging folder; when any step fails, every
+    file already renamed is removed, every replaced file put back and every folder made removed, then the error
+    is raised again: ``output`` is as it was.
+    """
+    kept = staging / ".replaced"
+    done: list[tuple[Path, Path | None, bool]] = []  # (destination, the old file kept aside, new file placed)
+    made: list[Path] = []
+    try:
+        for name in names:
+            dest = output / name
+            for folder in reversed(dest.relative_to(output).parents[:-1]):
+                if not (output / folder).is_dir():
+                    (output / folder).mkdir()
+                    made.append(output / folder)
+            old = None
+            if dest.is_file() or dest.is_symlink():
+                old = kept / name
+                old.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(dest, old)
+            done.append((dest, old, False))
+            os.replace(staging / name, dest)
+            done[-1] = (dest, old, True)
+    except BaseException:
+        for dest, old, placed in reversed(done):
+            try:
+                if placed:
+                    dest.unlink()
+                if old is not None:
+                    os.replace(old, dest)
+            except OSError:
+                pass
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def check_checkpoint(checkpoint: str, engine: str) -> None:
+    """The cheap checks of ``checkpoint=`` (it exists, is a checkpoint folder or an ONNX file), done before the
+    input files are read; :func:`load` later verifies every file."""
+    if engine == "onnxruntime":
+        from .onnx_runtime import check_path
+
+        check_path(checkpoint)
+    else:
+        read_manifest(checkpoint)
+
+
+def write_error(output: Path, err: OSError) -> ConfigError:
+    """The one line of a failed write into ``output=``."""
+    import errno
+
+    fix = "free some space or pass output=DIR" if err.errno == errno.ENOSPC else "pass a writable output=DIR"
+    return ConfigError(f"cannot write the outputs to output={output} ({err.strerror or err}); {fix}; nothing in "
+                       f"{output} was changed (predictions.csv was not updated)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,50 +529,59 @@ def main(argv: list[str] | None = None) -> int:
         print("\nOptions:\n" + "\n".join(f"  {k}=...  {v}" for k, v in OPTIONS.items()))
         return 0
     staging: Path | None = None
+    output: Path | None = None
+    made_output = finished = False
     try:
         opts = parse_args(argv)
         o = parse_options(opts)
         output = Path(opts["output"])
         input_path = Path(opts["input"])
         check_output_outside_input(input_path, output)
+        check_checkpoint(opts["checkpoint"], o["engine"])  # a wrong checkpoint= stops before the files are read
         files, skipped = _input_files(input_path, o["on_error"])  # every file checked before the model is loaded
+        names = _output_names(files, input_path)
+        made_output = not output.exists()
         ensure_writable_dir(output, "output")
-        det = None
-        rows: list[dict[str, Any]] = []
-        if files:
-            try:
-                det = load(opts["checkpoint"], device=o["device"], threshold=o["threshold"], method=o["method"],
-                           batch_size=o["batch_size"], engine=o["engine"])
-            except RuntimeError as err:  # e.g. torch.device("nonsense")
-                raise ConfigError(f"device={o['device']}: {err}; pass device=auto, cpu, cuda or cuda:N") from None
-        thr = det.threshold if det is not None else None
+        try:  # loaded even when every file was skipped: a bad checkpoint is an error, not "3 of 3 skipped"
+            det = load(opts["checkpoint"], device=o["device"], threshold=o["threshold"], method=o["method"],
+                       batch_size=o["batch_size"], engine=o["engine"])
+        except RuntimeError as err:  # e.g. torch.device("nonsense")
+            raise ConfigError(f"device={o['device']}: {err}; pass device=auto, cpu, cuda or cuda:N") from None
+        thr = det.threshold
         try:
+            staging = make_staging(output, ".adbench-predict")
+            rows, scale = [], None
             if files:
-                staging = make_staging(output, ".adbench-predict")
-                names = _output_names([str(f) for f in files], input_path)
-                rows, late = _predict_into(det, files, names, staging, o["on_error"], o["progress"])
+                rows, late, scale = _predict_into(det, files, names, staging, o["on_error"], o["progress"])
                 skipped.update(late)
             rows += [skipped_row(p, reason, thr) for p, reason in skipped.items()]
             rows.sort(key=lambda r: r["path"])
-            if staging is not None:
-                _commit(staging, output, rows)
-            table = write_tables(det, rows, output)  # last: a new predictions.csv means every output is in place
+            write_tables(det, rows, staging, scale)
+            _commit(staging, output, [r[k] for r in rows for k in ("map", "overlay") if r[k]] + list(TABLES))
         except OSError as err:  # e.g. ENOSPC: the probe of ensure_writable_dir cannot see a full disk
-            raise ConfigError(f"cannot write the outputs to output={output} ({err.strerror or err}); free some "
-                              f"space or pass output=DIR; predictions.csv was not updated") from None
+            raise write_error(output, err) from None
+        finished = True
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        if made_output and not finished:  # a failed run leaves nothing, not even the folder it made
+            try:
+                output.rmdir()
+            except OSError:
+                pass
+    table = output / "predictions.csv"
     scored = [r for r in rows if r["status"] == "ok"]
-    n_bad = sum(r["decision"] == "anomalous" for r in scored)
-    if det is not None and thr is None:
-        print("no threshold: the checkpoint was trained with calibration.holdout=0; retrain with "
-              "calibration.holdout=0.1 or pass threshold=X for decisions", file=sys.stderr)
-    print(f"{len(scored)} image(s), {n_bad} anomalous (threshold {thr if thr is None else f'{thr:.6g}'}); "
-          f"maps, overlays and {table.name} in {output}")
+    if thr is None:
+        print(f"no threshold: {det.checkpoint} holds no calibrated threshold; pass threshold=X for normal/anomalous "
+              f"decisions, or retrain with save_model=true (which calibrates)", file=sys.stderr)
+        verdict = "no threshold: scores only"
+    else:
+        verdict = f"{sum(r['decision'] == 'anomalous' for r in scored)} anomalous (threshold {thr:.6g}: " \
+                  f"{det.threshold_source()})"
+    print(f"{len(scored)} image(s), {verdict}; maps, overlays and {table.name} in {output}")
     if skipped:
         first = next(iter(sorted(skipped)))
         print(f"error: {len(skipped)} of {len(rows)} file(s) skipped (on_error=skip), the other {len(scored)} scored; "

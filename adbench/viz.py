@@ -72,6 +72,47 @@ def save_overlays(dataset: AnomalyDataset, pred: Prediction, labels: np.ndarray,
     return written
 
 
+def map_overlay(image: np.ndarray, amap: np.ndarray, low: float, high: float, anomalous: bool | None = None) -> "Image":
+    """The anomaly map over ``image`` (uint8 [H, W, 3]) on the fixed scale ``low``..``high``: transparent at ``low``
+    and below, fully hot (jet) from ``high``; a red frame marks an anomalous decision. Below it a colour bar with
+    the two values printed, so the scale travels with the picture: [H + bar, W, 3]."""
+    from PIL import Image
+
+    m = amap.astype(np.float64)
+    norm = np.clip((m - low) / max(high - low, 1e-12), 0, 1)  # [H, W]
+    heat = matplotlib.colormaps["jet"](norm)[..., :3]  # [H, W, 3]
+    alpha = 0.65 * norm[..., None]  # normal areas show the image itself
+    out = (1 - alpha) * (image / 255.0) + alpha * heat
+    out = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+    if anomalous:
+        b = max(2, out.shape[0] // 64)
+        out[:b], out[-b:], out[:, :b], out[:, -b:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+    return Image.fromarray(np.concatenate([out, colour_bar(out.shape[1], low, high)]))
+
+
+def colour_bar(width: int, low: float, high: float) -> np.ndarray:
+    """A white strip uint8 [h, width, 3]: ``low`` printed at the left, ``high`` at the right, the jet colours of
+    the overlay (fully opaque) between them."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    lo, hi = f"{low:.4g}", f"{high:.4g}"
+    box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), lo + hi + "0", font=font)
+    text_h = box[3] - box[1]
+    strip = Image.new("RGB", (width, text_h + 6), "white")
+    draw = ImageDraw.Draw(strip)
+    w_lo = draw.textlength(lo, font=font)
+    w_hi = draw.textlength(hi, font=font)
+    draw.text((2, 3 - box[1]), lo, fill="black", font=font)
+    draw.text((width - 2 - w_hi, 3 - box[1]), hi, fill="black", font=font)
+    x0, x1 = int(w_lo) + 6, width - int(w_hi) - 6
+    a = np.asarray(strip).copy()
+    if x1 > x0:
+        colours = (matplotlib.colormaps["jet"](np.linspace(0, 1, x1 - x0))[:, :3] * 255).round().astype(np.uint8)
+        a[2:-2, x0:x1] = colours[None]
+    return a
+
+
 REFERENCE_STYLE = {"mean_image": ("#444444", (0, (5, 2))), "pixel_gaussian": ("#8c8c8c", (0, (1, 1.5)))}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f"]

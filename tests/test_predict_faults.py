@@ -64,13 +64,13 @@ def test_a_failure_midway_leaves_the_previous_outputs_untouched(patchcore_checkp
 
     real_write, calls = predict_mod.write_image_outputs, []
 
-    def failing_write(det, r, name, output):  # the 5th image fails: 4 were already written
+    def failing_write(det, r, name, output, *scale):  # the 5th image fails: 4 were already written
         calls.append(name)
         if len(calls) == 5:
             if fault == "enospc":
                 raise OSError(errno.ENOSPC, "No space left on device")
             raise predict_mod.DataError(f"unreadable or truncated image: {r.path} (OSError: gone); replace or remove the file")
-        return real_write(det, r, name, output)
+        return real_write(det, r, name, output, *scale)
 
     monkeypatch.setattr(predict_mod, "write_image_outputs", failing_write)
     # a second, different run into the same folder: threshold=-1 would change every decision
@@ -180,3 +180,97 @@ def test_output_inside_input_is_refused(patchcore_checkpoint, inputs, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: output={out} is inside input={inputs}: the maps and overlays") and err.count("\n") == 1
     assert outputs(inputs) == before
+
+
+# Issue 20 -------------------------------------------------------------------------------------------------------
+
+
+def test_inputs_with_the_same_stem_get_outputs_of_their_own(patchcore_checkpoint, small_synthetic_root, tmp_path,  # noqa: F811
+                                                            capsys):
+    """Case 4: ``a.png`` and ``a.jpg`` once both wrote ``a.npy``; the run failed with a message about free space and
+    left ``a.npy`` and ``a_overlay.png`` without a ``predictions.csv``."""
+    ckpt, _ = patchcore_checkpoint
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    test = small_synthetic_root / "washer" / "test"
+    shutil.copy(test / "good" / "000.png", inp / "a.png")
+    Image.open(test / "spot" / "000.png").convert("RGB").save(inp / "a.jpg", quality=95)
+    assert main([f"checkpoint={ckpt}", f"input={inp}", f"output={out}", "progress=false"]) == 0
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert sorted(rows) == ["a.jpg", "a.png"]
+    assert {rows["a.png"]["map"], rows["a.jpg"]["map"]} == {"a.png.npy", "a.jpg.npy"}
+    assert {rows["a.png"]["overlay"], rows["a.jpg"]["overlay"]} == {"a.png_overlay.png", "a.jpg_overlay.png"}
+    det = predict_mod.load(ckpt, device="cpu")
+    for name, row in rows.items():  # each map is its own image's
+        assert np.allclose(np.load(out / row["map"]), det.predict(inp / name).anomaly_map, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, "predictions.json", "predictions.csv"])
+@pytest.mark.parametrize("first_run", [True, False])
+def test_a_failure_while_moving_outputs_into_place_leaves_output_as_it_was(patchcore_checkpoint, inputs, tmp_path,  # noqa: F811
+                                                                         monkeypatch, capsys, fail_at, first_run):
+    """Case 4: every failure after the staging folder leaves ``output=`` as it was (nothing at all on a first run):
+    the renames into place are undone, replaced files put back."""
+    ckpt, _ = patchcore_checkpoint
+    out = tmp_path / "out"
+    args = [f"checkpoint={ckpt}", f"input={inputs}", f"output={out}", "progress=false"]
+    if not first_run:
+        assert main(args) == 0
+    before = {name: (out / name).read_bytes() for name in outputs(out)}
+    capsys.readouterr()
+    real_replace, moved = predict_mod.os.replace, []
+
+    def failing_replace(src, dst, *a, **k):
+        if Path(dst).parent.resolve() == out.resolve() or out.resolve() in Path(dst).resolve().parents:
+            if not Path(dst).name.startswith("."):  # a rename into place (not a replaced file set aside)
+                moved.append(Path(dst).name)
+                if fail_at == len(moved) or fail_at == Path(dst).name:
+                    raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(predict_mod.os, "replace", failing_replace)
+    assert main(args + ["threshold=-1"]) == 2  # threshold=-1: every decision and overlay would change
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write the outputs to output={out} (Input/output error); pass a writable "
+                          f"output=DIR; nothing in {out} was changed") and err.count("\n") == 1
+    assert {name: (out / name).read_bytes() for name in outputs(out)} == before
+    assert not out.exists() if first_run else not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_model_error_after_staging_leaves_no_output_folder(patchcore_checkpoint, inputs, tmp_path, monkeypatch):  # noqa: F811
+    """Case 4: an exception of any kind while scoring (here a RuntimeError of the model) leaves nothing in output=,
+    not even the folder the run created."""
+    ckpt, _ = patchcore_checkpoint
+    out = tmp_path / "new" / "out"
+
+    def broken(self, images, paths):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(predict_mod.Detector, "score", broken)
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        main([f"checkpoint={ckpt}", f"input={inputs}", f"output={out}", "progress=false"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad_checkpoint", ["missing", "modified"])
+def test_on_error_skip_with_only_bad_files_still_checks_the_checkpoint(patchcore_checkpoint, tmp_path, capsys,  # noqa: F811
+                                                                       bad_checkpoint):
+    """Case 11: with every file bad the checkpoint was never loaded: ``checkpoint=/nonexistent`` gave exit 1 and
+    "3 of 3 skipped"."""
+    ckpt, _ = patchcore_checkpoint
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        truncated_jpeg(inp / name)
+    if bad_checkpoint == "missing":
+        bad, expected = tmp_path / "nonexistent", f"error: checkpoint={tmp_path / 'nonexistent'} not found"
+    else:
+        bad = tmp_path / "ckpt"
+        shutil.copytree(ckpt, bad)
+        (bad / "patchcore.pt").write_bytes((bad / "patchcore.pt").read_bytes()[:-10] + b"0123456789")
+        expected = f"error: {bad / 'patchcore.pt'} is corrupt or modified"
+    assert main([f"checkpoint={bad}", f"input={inp}", f"output={out}", "on_error=skip", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1 and "skipped" not in err
+    assert not out.exists()
