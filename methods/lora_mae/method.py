@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader
 from adbench.api import Prediction, RunContext
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import load_method_state, save_method_state, progress, torch_load
+from adbench.utils import load_method_state, progress, save_method_state, torch_load, torch_save_atomic
 
 from .augment import colour_jitter, enlarge, random_crops
 from .lora import TRAINABLE_SETS, apply_lora, set_trainable
@@ -219,13 +218,10 @@ class LoRAMAE:
         return json.dumps(OmegaConf.to_container(self.cfg, resolve=True), sort_keys=True)
 
     def _save_train_state(self, path: Path, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int, step: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"method": "lora_mae", "version": CHECKPOINT_VERSION, "config": self._config_json(),
-                    "seed": self.ctx.seed, "image_size": list(self.ctx.image_size), "epoch": epoch, "step": step,
-                    "model": self.model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                    "history": list(self.history), "train_log": list(self.train_log)}, tmp)
-        os.replace(tmp, path)
+        torch_save_atomic({"method": "lora_mae", "version": CHECKPOINT_VERSION, "config": self._config_json(),
+                           "seed": self.ctx.seed, "image_size": list(self.ctx.image_size), "epoch": epoch, "step": step,
+                           "model": self.model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                           "history": list(self.history), "train_log": list(self.train_log)}, path)
 
     def _try_resume(self, path: Path | None, opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, int]:
         """(epoch, optimizer step) to continue from; (0, 0) without a matching training checkpoint."""

@@ -21,7 +21,7 @@ from adbench.api import Prediction, RunContext
 from adbench.data import denormalize
 from adbench.data.errors import ConfigError
 from adbench.registry import register_method
-from adbench.utils import load_method_state, save_method_state, progress, torch_load
+from adbench.utils import load_method_state, progress, save_method_state, torch_load, torch_save_atomic
 
 from .losses import RECON_LOSSES, kl_divergence, reconstruction_loss
 from .model import ConvVAE
@@ -320,13 +320,9 @@ class VAEEnergy:
         self.model.train(was_training)
 
     def _save_train_state(self, opt: torch.optim.Optimizer, g: torch.Generator, epoch: int) -> None:
-        path = self._train_state_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "optimizer": opt.state_dict(), "generator": g.get_state(),
-                    "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": self.history,
-                    "train_log": self.train_log}, tmp)
-        tmp.replace(path)
+        torch_save_atomic({"model": self.model.state_dict(), "optimizer": opt.state_dict(), "generator": g.get_state(),
+                           "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": self.history,
+                           "train_log": self.train_log}, self._train_state_path())
 
     def _held_out_statistics(self, held: torch.Tensor, size: tuple[int, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-pixel mean and std [H, W] of the smoothed maps of each kind on the held-out normal images."""
