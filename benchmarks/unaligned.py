@@ -85,7 +85,11 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra Hydra override (repeatable)")
     p.add_argument("--unaligned-root", default="/tmp/adbench-unaligned")
     p.add_argument("--out", default="/tmp/unaligned_bench.jsonl")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady figures on a shared machine)")
     a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
     os.environ.setdefault("TORCH_HOME", str(ROOT.parent / "shared" / "torch_home"))
     for seed in [int(v) for v in a.seeds.split(",")]:
         for data in a.data.split(","):
