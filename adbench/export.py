@@ -2,12 +2,14 @@
 
 Command line::
 
-    python -m adbench.export checkpoint=DIR format=onnx output=FILE.onnx [opset=17]
+    python -m adbench.export checkpoint=DIR format=onnx output=FILE.onnx [opset=17] [overwrite=false]
 
 The graph takes ``image``: float32 [B, 3, H, W], the input transformed as in training (resize, centre crop,
 ImageNet normalisation; see the metadata) and returns ``score`` [B] and ``anomaly_map`` [B, H, W]. The file's
 ``metadata_props`` carry what prediction needs: method, input size, resize/crop, normalisation, the calibrated
-threshold and the adbench version. Score it with ``python -m adbench.predict checkpoint=FILE.onnx
+threshold, the adbench version, and ``graph_sha256``, the digest of the graph that loading checks (a modified
+file, or metadata copied onto another graph, is refused). An existing ``output=`` is replaced only when it is an
+ONNX model written by this exporter (or with ``overwrite=true``); a file inside a checkpoint folder never. Score it with ``python -m adbench.predict checkpoint=FILE.onnx
 engine=onnxruntime ...`` or :mod:`adbench.onnx_runtime`.
 
 A method is exportable when its package registers an exporter (:func:`register_exporter`): a function from
@@ -18,8 +20,11 @@ threshold was calibrated on, so no threshold is written). Others say why they ar
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -34,13 +39,17 @@ from .data.errors import ConfigError
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .registry import list_methods
 from .tiling import TiledMethod
+from .utils import disk_full
 
 _EXPORTERS: dict[str, Callable[[Any], nn.Module]] = {}
 FORMATS = ("onnx",)
 OPTIONS = {"checkpoint": "DIR, a checkpoint folder written with save_model=true",
            "format": "onnx (the only format)",
            "output": "FILE.onnx, the file to write",
-           "opset": "ONNX opset version (default 17)"}
+           "opset": "ONNX opset version (default 17)",
+           "overwrite": "true | false (default false): replace an existing output= that is not an ONNX model "
+                        "written by adbench.export"}
+DEFAULT_OPSET = 17
 
 
 class NotExportable(ConfigError):
@@ -152,10 +161,30 @@ def metadata(manifest: dict[str, Any], calibration: Any, note: str, calibrated: 
     return meta
 
 
+@contextlib.contextmanager
+def _c_stdout_silenced():
+    """File descriptor 1 sent to /dev/null: torch's exporter prints the whole TorchScript graph there (C++) when a
+    translation fails, hundreds of lines before the one-line error."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1: nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def trace_onnx(module: nn.Module, size: tuple[int, int], path: str | Path, opset: int = 17) -> Path:
     """Trace ``module`` (image [B, 3, H, W] -> score, anomaly_map) into an ONNX file without metadata, batch free."""
     example = torch.zeros(2, 3, int(size[0]), int(size[1]))
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _c_stdout_silenced():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes fixed at export time (they are fixed)
         torch.onnx.export(module, (example,), str(path), input_names=["image"],
                           output_names=["score", "anomaly_map"], opset_version=opset, dynamo=False,
@@ -163,29 +192,167 @@ def trace_onnx(module: nn.Module, size: tuple[int, int], path: str | Path, opset
     return Path(path)
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17) -> Path:
-    """Write the ONNX graph of a checkpoint folder to ``output`` (replaced atomically); returns ``output``."""
+def graph_digest(proto: Any) -> str:
+    """SHA-256 of an ONNX model's graph (nodes, weights, inputs and outputs) and opset imports: what the file
+    computes, without its metadata. Stored as ``graph_sha256`` and checked when the file is loaded."""
+    import hashlib
+
+    h = hashlib.sha256(proto.graph.SerializeToString(deterministic=True))
+    for op in proto.opset_import:
+        h.update(op.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets torch's exporter can write: (lowest, highest)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MIN_OPSET), int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 7, 17
+
+
+def parse_opset(text: str) -> int:
+    """``opset=`` as an integer the exporter supports; ConfigError (one line) otherwise."""
+    lo, hi = opset_range()
+    try:
+        opset = int(text)
+    except ValueError:
+        opset = None
+    if opset is None or not lo <= opset <= hi:
+        raise ConfigError(f"opset={text} is not an ONNX opset torch can export (it writes {lo} to {hi}); pass opset=N "
+                          f"with {lo} <= N <= {hi}, or leave it out (default {DEFAULT_OPSET})")
+    return opset
+
+
+def is_adbench_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file written by this exporter (its metadata names adbench and a method)."""
     import onnx
 
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not protobuf, not ONNX, unreadable
+        return False
+    keys = {e.key for e in proto.metadata_props}
+    return {"adbench_version", "method"} <= keys
+
+
+def check_output(out: Path, checkpoint: str | Path, overwrite: bool = False) -> None:
+    """Refuse an ``output=`` that would destroy something: a folder, a file inside a checkpoint folder (any
+    folder holding ``adbench_checkpoint.json``, or the exported checkpoint itself), or an existing file that is not
+    an ONNX model written by adbench (unless ``overwrite``)."""
+    from .checkpoint import MANIFEST
+
+    if out.is_dir():
+        raise ConfigError(f"output={out} is a folder; pass output=FILE.onnx, a file path (e.g. {out / 'model.onnx'})")
+    ckpt = Path(checkpoint).resolve()
+    parent = out.parent.resolve()
+    for folder in (parent, *parent.parents):
+        if folder == ckpt or (folder / MANIFEST).is_file():
+            raise ConfigError(f"output={out} is inside the checkpoint folder {folder}: adbench never writes there (it "
+                              f"would change the checkpoint); pass output= outside it, e.g. output="
+                              f"{folder.parent / (folder.name + '.onnx')}")
+    if (out.exists() or out.is_symlink()) and not overwrite and not is_adbench_onnx(out):
+        raise ConfigError(f"output={out} exists and is not an ONNX model written by python -m adbench.export; pass "
+                          f"another output=FILE.onnx, or overwrite=true to replace it")
+
+
+def _remove_stale_temps(folder: Path, stem: str) -> None:
+    """Remove the temporary files of earlier exports to ``stem`` that no running process can be writing: those
+    of a process of this machine that is gone (:func:`adbench.utils.temp_is_stale`); an older adbench's
+    ``<stem>.<pid>.tmp`` (no host in the name) only once untouched for a week."""
+    import glob
+    import time
+
+    from .utils import STALE_AFTER_S, remove_stale_temps
+
+    remove_stale_temps(folder, stem)
+    for path in folder.glob(glob.escape(stem) + ".*.tmp"):
+        try:
+            if path.name[len(stem) + 1 : -len(".tmp")].isdigit() and path.is_file() and \
+                    path.stat().st_mtime < time.time() - STALE_AFTER_S:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17, overwrite: bool = False) -> Path:
+    """Write the ONNX graph of a checkpoint folder to ``output`` (replaced atomically); returns ``output``.
+
+    Refused (ConfigError, one line, nothing written) when ``output`` is a folder, lies in a checkpoint folder, or
+    exists and is not an adbench ONNX model (unless ``overwrite``). A failed write (read-only file system, full
+    disk) is one line and leaves no file: the temporary file, named after this host and process, is removed, and
+    those of killed exports are removed by the next export to the same file.
+    """
+    import onnx
+
+    from .utils import temp_name
+
+    out = Path(output)
+    check_output(out, checkpoint, overwrite)
     model, manifest, _cfg, calibration = load_checkpoint(checkpoint, "cpu")
     name = str(manifest["method"])
     module = export_module(model.method if isinstance(model, TiledMethod) else model, name)  # tiled: the tile model
     h, w = (int(v) for v in manifest["out_size"])
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    stem = f".{out.name}"
+    tmp = out.parent / f"{temp_name(stem)}.tmp"
     try:
-        trace_onnx(module, (h, w), tmp, opset)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(out.parent, stem)
+        try:
+            trace_onnx(module, (h, w), tmp, opset)
+        except (OSError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - the exporter's own errors: an op missing at this opset, ...
+            if disk_full(out.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from err
+            raise ConfigError(export_error(name, opset, err)) from None
         proto = onnx.load(str(tmp))
-        for key, value in metadata(manifest, calibration, str(getattr(module, "export_note", "")),
-                                      bool(getattr(module, "export_calibrated", True))).items():
+        props = metadata(manifest, calibration, str(getattr(module, "export_note", "")),
+                         bool(getattr(module, "export_calibrated", True)))
+        props["graph_sha256"] = graph_digest(proto)
+        for key, value in props.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save(proto, str(tmp))
+        try:
+            onnx.save(proto, str(tmp))
+        except (OSError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - protobuf's writer on a full disk
+            if disk_full(out.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from err
+            raise
         os.replace(tmp, out)
+    except OSError as err:
+        raise write_error(out, err) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. a read-only file system: nothing was written, and the first error is the one to show
+            pass
     return out
+
+
+def write_error(out: Path, err: OSError) -> ConfigError:
+    """One line for a failed write of ``output=`` (read-only file system, full disk, permissions...)."""
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}.get(
+        err.errno, err.strerror or type(err).__name__)
+    fix = "free space or pass output= on another disk" if full else "pass output=FILE.onnx in a writable folder"
+    return ConfigError(f"cannot write output={out} ({what}); nothing was left there (a file it would have replaced "
+                       f"is unchanged); {fix}")
+
+
+def export_error(name: str, opset: int, err: BaseException) -> str:
+    """One line for an exporter failure: torch's first line and the operator it was translating."""
+    text = str(err).strip()
+    first = text.splitlines()[0][:160] if text else type(err).__name__
+    op = re.search(r"Occurred when translating (\w+)", text)
+    where = f" translating {op.group(1)}" if op else ""
+    fix = f"pass a higher opset, e.g. opset={DEFAULT_OPSET} (the default)" if opset < DEFAULT_OPSET else \
+        "this model cannot be exported with this torch; see the method's notes in README.md (Export to ONNX)"
+    return f"the {name} model cannot be exported at opset={opset} ({type(err).__name__}{where}: {first}); {fix}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,11 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         fmt = opts.get("format", "onnx").lower()
         if fmt not in FORMATS:
             raise ConfigError(f"format={opts['format']} is not supported; pass format=onnx")
-        try:
-            opset = int(opts.get("opset", "17"))
-        except ValueError:
-            raise ConfigError(f"opset={opts['opset']} is not an integer; pass e.g. opset=17") from None
-        path = export_onnx(opts["checkpoint"], opts["output"], opset)
+        opset = parse_opset(opts.get("opset", str(DEFAULT_OPSET)))
+        overwrite = opts.get("overwrite", "false").lower()
+        if overwrite not in ("true", "false"):
+            raise ConfigError(f"overwrite={opts['overwrite']} must be true or false")
+        path = export_onnx(opts["checkpoint"], opts["output"], opset, overwrite == "true")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
