@@ -7,8 +7,9 @@ with the ways out.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torchvision
@@ -62,9 +63,12 @@ def _torchvision_model(name: str, weights: str) -> nn.Module:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
     try:
         return builder(weights=w)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError
-        if cached.exists() and isinstance(err, RuntimeError):
-            raise WeightsError(f"cached weights file {cached} is corrupt ({err}); delete it and retry") from None
+    except Exception as err:  # noqa: BLE001 - with the file in the cache nothing is downloaded: it is the file
+        if cached.is_file():
+            raise WeightsError(f"cached weights file {cached} {_unreadable(cached, err)}; delete it and run again "
+                               f"(it is downloaded again)") from None
+        if not isinstance(err, (OSError, RuntimeError)):  # URLError is an OSError
+            raise
         raise WeightsError(_offline_help(
             name, f"{cached} (or set TORCH_HOME to a folder whose hub/checkpoints holds {cached.name})")) from None
 
@@ -84,21 +88,54 @@ def _timm_model(name: str, weights: str) -> nn.Module:
         raise WeightsError(_offline_help(name, f"{hub} (the Hugging Face cache; HF_HOME moves it)")) from None
 
 
-def load_state_dict_file(model: nn.Module, path: str | Path, ignore_prefixes: Sequence[str] = ("fc.", "classifier.", "head.")) -> None:
-    """Load a local checkpoint into ``model``; keys of classification heads may be missing."""
+def _unreadable(path: Path, err: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in words (torch's own text, which suggests loading
+    with ``weights_only=False``, is never shown: that would run whatever code the file holds)."""
+    text = str(err)
+    if "Unsupported global" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        return (f"is not a plain state dict: it pickles Python objects ({found.group(1) if found else 'not tensors'}), "
+                f"which adbench does not unpickle")
+    if isinstance(err, OSError) and not isinstance(err, EOFError):
+        return f"cannot be read ({err.strerror or type(err).__name__})"
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    return "is empty" if empty else f"is corrupt or not a PyTorch weights file ({type(err).__name__})"
+
+
+def read_weights_file(path: str | Path, option: str = "method.backbone.weights") -> dict[str, Any]:
+    """The state dict in a local weights file, loaded as tensors only (``weights_only=True``); a wrapping
+    ``{"state_dict" | "model" | "model_state_dict": ...}`` is unwrapped and ``module.`` prefixes dropped.
+    WeightsError (one line naming the file and ``option``) when it is missing, unreadable, corrupt, not a dict,
+    or pickles Python objects."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise WeightsError(f"weights file not found: {p} (from method.backbone.weights)")
+        raise WeightsError(f"weights file not found: {p} (from {option})")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise WeightsError(f"cannot read weights file {p}: {err}") from None
+        if isinstance(err, (MemoryError, KeyboardInterrupt)):
+            raise
+        fix = ("save only its tensors where the model is built, torch.save(model.state_dict(), 'weights.pth'), and "
+               f"pass that file with {option}=..." if "Unsupported global" in str(err) else
+               f"download or save it again, or pass another file with {option}=...")
+        raise WeightsError(f"weights file {p} {_unreadable(p, err)}; {fix}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise WeightsError(f"weights file {p} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        raise WeightsError(f"weights file {p} does not hold a state dict (it holds a "
+                           f"{type(state).__name__}); pass a file saved with torch.save(model.state_dict(), path) "
+                           f"with {option}=...")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
+def load_state_dict_file(model: nn.Module, path: str | Path, ignore_prefixes: Sequence[str] = ("fc.", "classifier.", "head.")) -> None:
+    """Load a local checkpoint into ``model``; keys of classification heads may be missing."""
+    p = Path(path).expanduser()
+    state = read_weights_file(p)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of the wrong shape, e.g. a resnet50 file for wide_resnet50_2
