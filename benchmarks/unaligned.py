@@ -24,14 +24,19 @@ SHARED = ROOT.parent / "shared" / "data" / "mvtec_ad"
 
 
 def data_overrides(name: str, unaligned_root: Path) -> list[str]:
-    """Hydra overrides of a named input: bottle, transistor, <cat>_unaligned, weave."""
+    """Hydra overrides of a named input: bottle, transistor, weave (synthetic), <one of these>_unaligned."""
     if name == "weave":
         return ["dataset=synthetic", "category=weave", "dataset.root=/tmp/adbench-synthetic-bench"]
     if name.endswith("_unaligned"):
         cat = name[: -len("_unaligned")]
         from adbench.data.unaligned import make_unaligned
 
-        make_unaligned(SHARED, cat, unaligned_root)
+        src = SHARED
+        if cat == "weave":  # the generated texture (its pattern has one phase in every image), moved like the others
+            from adbench.data.synthetic import ensure_category
+
+            src = ensure_category("/tmp/adbench-synthetic-bench", "weave").parent
+        make_unaligned(src, cat, unaligned_root)
         return ["dataset=mvtec", f"dataset.root={unaligned_root}", f"category={cat}"]
     return ["dataset=mvtec", f"dataset.root={SHARED}", f"category={name}"]
 
