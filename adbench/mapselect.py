@@ -3,8 +3,11 @@
 A map kind that assumes aligned objects (e.g. per-pixel standardisation against held-out normal images) helps where
 every object sits in the same place and turns maps into noise where it does not. Which holds is a property of the
 category, so it is decided per run: synthetic anomalies are pasted into held-out normal images, and each candidate
-map kind is scored on them (pixel AUROC) with its statistics fitted on the *other* half of the held-out images
-(two-fold cross-fitting, so no image is scored against statistics that include it). The test set is never used.
+map kind is scored on them with its statistics fitted on the *other* half of the held-out images (two-fold
+cross-fitting, so no image is scored against statistics that include it). The score is the mean of the pixel AUROC
+(the map localises) and the image AUROC (the map's image score separates the pasted images from the clean ones):
+a run reports both, and pixel AUROC alone once chose a map that localised slightly better and ranked images 16
+points worse (VAE-energy on transistor). The test set is never used.
 
 A method supplies two callables: ``fit_stats(images) -> stats`` and ``maps(images, stats) -> {kind: [N, H, W]}``;
 images are [N, C, H, W] in [0, 1] at the resolution the method works at, maps at the resolution they are
@@ -22,7 +25,8 @@ import torch.nn.functional as F
 
 from .evaluate import image_auroc, pixel_auroc
 
-CRITERION = "pixel AUROC on synthetic anomalies pasted into held-out normal images (2-fold cross-fitted statistics)"
+CRITERION = ("mean of pixel AUROC and image AUROC on synthetic anomalies pasted into held-out normal images "
+             "(2-fold cross-fitted statistics)")
 
 
 def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float, theta: float) -> torch.Tensor:
@@ -70,12 +74,14 @@ class Selection:
 
     chosen: str
     criterion: str = CRITERION
+    score: dict[str, float] = field(default_factory=dict)  # what is compared: mean of the two AUROCs
     pixel_auroc: dict[str, float] = field(default_factory=dict)
     image_auroc: dict[str, float] = field(default_factory=dict)
     n_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()} | {
+            "score": {k: round(v, 4) for k, v in self.score.items()},
             "pixel_auroc": {k: round(v, 4) for k, v in self.pixel_auroc.items()},
             "image_auroc": {k: round(v, 4) for k, v in self.image_auroc.items()}}
 
@@ -91,7 +97,8 @@ def choose_map_kind(images: torch.Tensor, candidates: list[str], fit_stats: Call
                     image_score: Callable[[np.ndarray], np.ndarray], seed: int,
                     margin: float = 0.0) -> Selection:
     """Score each of ``candidates`` on synthetic anomalies in the held-out normal ``images`` [N, C, H, W] in [0, 1]
-    and return the best by pixel AUROC. Each half of the images is scored with statistics fitted on the other half.
+    and return the best by the mean of pixel and image AUROC. Each half of the images is scored with statistics
+    fitted on the other half.
     A candidate must beat the first one (the method's default) by more than ``margin`` to replace it."""
     n = images.shape[0]
     if n < 4:
@@ -118,8 +125,9 @@ def choose_map_kind(images: torch.Tensor, candidates: list[str], fit_stats: Call
         sel.pixel_auroc[kind] = float(pixel_auroc(bad, gt))
         scores = np.concatenate([image_score(clean), image_score(bad)])
         sel.image_auroc[kind] = float(image_auroc(scores, np.r_[np.zeros(len(clean)), np.ones(len(bad))]))
-    if sel.pixel_auroc:
-        best = max(sel.pixel_auroc, key=sel.pixel_auroc.get)
-        default = sel.pixel_auroc.get(candidates[0], -np.inf)
-        sel.chosen = best if sel.pixel_auroc[best] > default + margin else candidates[0]
+        sel.score[kind] = 0.5 * (sel.pixel_auroc[kind] + sel.image_auroc[kind])
+    if sel.score:
+        best = max(sel.score, key=sel.score.get)
+        default = sel.score.get(candidates[0], -np.inf)
+        sel.chosen = best if sel.score[best] > default + margin else candidates[0]
     return sel

@@ -63,6 +63,8 @@ def test_the_kind_that_finds_the_synthetic_anomalies_is_chosen(seed):
     assert sel.chosen == "standardised", sel  # the fixed stripes are normal: only the z-score ignores them
     assert sel.pixel_auroc["standardised"] > sel.pixel_auroc["raw"] + 0.05
     assert abs(sel.pixel_auroc["noise"] - 0.5) < 0.05
+    for kind in sel.score:  # what is compared: the mean of the two AUROCs
+        assert sel.score[kind] == pytest.approx((sel.pixel_auroc[kind] + sel.image_auroc[kind]) / 2)
     # two-fold cross-fitting: each half is scored against statistics of the other half only
     assert len(seen) == 2 and len(seen[0]) + len(seen[1]) == 20
     rows = lambda t: {tuple(r.flatten().tolist()) for r in t}  # noqa: E731
@@ -76,12 +78,12 @@ def test_the_default_kind_wins_unless_another_beats_it_by_the_margin():
     images = _stripes(20, 0)
     fit_stats, maps = _image_is_the_error(images)
     sel = choose_map_kind(images, ["raw", "standardised"], fit_stats, maps, _max, seed=0, margin=0.99)
-    assert sel.chosen == "raw" and sel.pixel_auroc["standardised"] > sel.pixel_auroc["raw"]
+    assert sel.chosen == "raw" and sel.score["standardised"] > sel.score["raw"]
 
 
 def test_too_few_held_out_images_keep_the_default_kind():
     sel = choose_map_kind(_stripes(3, 0), ["raw", "standardised"], *_image_is_the_error(None), _max, seed=0)
-    assert sel.chosen == "raw" and not sel.pixel_auroc and "fewer than 4" in sel.criterion
+    assert sel.chosen == "raw" and not sel.score and "fewer than 4" in sel.criterion
 
 
 def test_move_keeps_the_mask_on_the_object():

@@ -377,8 +377,8 @@ class LoRAMAE:
         self.stats = self.statistics(held)
         if str(self.cfg.inference.get("standardize", "none")) == "auto":
             self.selection = self.choose_kind(held).to_dict()
-            log.info("lora_mae: standardize=auto chose %s (synthetic-anomaly pixel AUROC %s)",
-                     self.selection["chosen"], self.selection["pixel_auroc"])
+            log.info("lora_mae: standardize=auto chose %s (synthetic-anomaly pixel + image AUROC / 2: %s)",
+                     self.selection["chosen"], self.selection["score"])
 
     def choose_kind(self, held: torch.Tensor):
         """Score every map kind on synthetic anomalies in the held-out images [N, 3, H, W] (normalised)."""

@@ -288,8 +288,8 @@ class VAEEnergy:
             self.norm_stats = self._held_out_statistics(held, size)
         if self.auto:
             self.selection = self._choose_map(held, size).to_dict()
-            log.info("vae_energy: chose the %s map (synthetic-anomaly pixel AUROC %s)", self.selection["chosen"],
-                     self.selection["pixel_auroc"])
+            log.info("vae_energy: chose the %s map (synthetic-anomaly pixel + image AUROC / 2: %s)",
+                     self.selection["chosen"], self.selection["score"])
         if mean_input is not None:
             if "val_ratio" not in self.train_log[-1]:
                 self.train_log[-1]["val_ratio"] = self.val_ratio(held, mean_input)
