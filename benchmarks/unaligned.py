@@ -82,6 +82,48 @@ def evaluate_one(method: str, data: str, seed: int, extra: list[str], unaligned_
     return row
 
 
+DEFAULT_KIND = {"lora_mae": "error", "vae_energy": "projection"}  # the presets' fixed map before the choice per run
+RAW_KINDS = {"lora_mae": ("raw", "none"), "vae_energy": ("projection_raw", "reconstruction_raw")}
+
+
+def _kind(row: dict, name: str) -> dict | None:
+    """Metrics of map kind ``name`` in a row ('main' is the chosen one; 'none' is called 'raw' among extras)."""
+    sel = row.get("selection") or {}
+    if name in (sel.get("chosen"), {"raw": "none"}.get(name)) and "main" in row["kinds"]:
+        return row["kinds"]["main"]
+    return row["kinds"].get(name) or row["kinds"].get({"none": "raw"}.get(name, name))
+
+
+def table(paths: list[str]) -> str:
+    """Markdown: per method, data and seed, the kind chosen (recomputed with the current criterion from the
+    validation figures in the row), its pixel / image AUROC, the preset's fixed kind before, the best raw map and
+    the better baseline at the same input (rows of pixel_gaussian / mean_image with the same data and overrides
+    of dataset.image_size)."""
+    rows = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    base: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] in ("pixel_gaussian", "mean_image"):
+            size = next((e.split("=")[1] for e in r["extra"] if e.startswith("dataset.image_size=")), "?")
+            base.setdefault((r["data"], size), []).append(r["kinds"]["main"])
+    size_of = {"lora_mae": "72", "vae_energy": "256"}
+    fmt = lambda m: "–" if m is None else f"{m['pixel_auroc']:.3f} / {m['image_auroc']:.3f}"  # noqa: E731
+    out = ["| method | data | seed | chosen (validation score) | chosen: pixel / image AUROC | fixed map before "
+           "| best raw map | better baseline |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] not in DEFAULT_KIND:
+            continue
+        sel = r["selection"]
+        score = {k: (sel["pixel_auroc"][k] + sel["image_auroc"][k]) / 2 for k in sel["pixel_auroc"]}
+        chosen = max(score, key=score.get)
+        raws = [m for m in (_kind(r, k) for k in RAW_KINDS[r["method"]]) if m]
+        best_raw = max(raws, key=lambda m: m["pixel_auroc"], default=None)
+        bl = base.get((r["data"], size_of[r["method"]]), [])
+        bb = {k: max(m[k] for m in bl) for k in ("pixel_auroc", "image_auroc")} if bl else None
+        out.append(f"| {r['method']} | {r['data']} | {r['seed']} | {chosen} ({score[chosen]:.3f}) | "
+                   f"{fmt(_kind(r, chosen))} | {fmt(_kind(r, DEFAULT_KIND[r['method']]))} | {fmt(best_raw)} | {fmt(bb)} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="lora_mae,vae_energy,pixel_gaussian,mean_image")
@@ -91,7 +133,11 @@ def main() -> None:
     p.add_argument("--unaligned-root", default="/tmp/adbench-unaligned")
     p.add_argument("--out", default="/tmp/unaligned_bench.jsonl")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady figures on a shared machine)")
+    p.add_argument("--table", nargs="+", metavar="JSONL", help="print the markdown table of earlier outputs and stop")
     a = p.parse_args()
+    if a.table:
+        print(table(a.table))
+        return
     import torch
 
     torch.set_num_threads(a.threads)
