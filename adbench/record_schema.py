@@ -78,6 +78,38 @@ class _CacheEntry(_Open):
     hit: bool
 
 
+Interval = Optional[Annotated[list[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]],
+                              Field(min_length=2, max_length=2)]]
+
+
+class _Intervals(_Open):
+    """95 % test-set intervals ([low, high] per metric, null where undefined) and how they were made."""
+
+    level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    n_resamples: Annotated[int, Field(ge=1)] = 1000
+    seed: int = 0
+    image_auroc: Interval = None
+    pixel_auroc: Interval = None
+    aupro: Interval = None
+    image_f1_max: Interval = None
+    image_auroc_delong: Interval = None
+    pixel_error_bound: Optional[dict[str, Optional[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]]]] = None
+    seconds: Seconds = None
+
+
+class _PixelHistograms(_Open):
+    """Per-image pixel counts per score bin (``adbench.intervals.PixelHistograms``), packed arrays."""
+
+    bins: Annotated[int, Field(ge=2)]
+    n_images: Annotated[int, Field(ge=1)]
+    n_components: Annotated[int, Field(ge=0)]
+    count_dtype: Literal["<u2", "<u4"]
+    edges: str
+    normal: str
+    components: str
+    component_image: str
+
+
 class RunRecord(_Open):
     """A run record (``<results_dir>/runs/.../*.json``): status, config, metrics, times, per-image data, curves."""
 
@@ -101,6 +133,8 @@ class RunRecord(_Open):
     checkpoint: Optional[str] = None
     tensorboard: Optional[str] = None
     feature_cache: Optional[list[_CacheEntry]] = None
+    intervals: Optional[_Intervals] = None
+    pixel_histograms: Optional[_PixelHistograms] = None
 
 
 def record_problem(rec: Any) -> str | None:

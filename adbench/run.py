@@ -309,6 +309,8 @@ def predict_and_evaluate(s: RunSetup, fitted: Fitted) -> Evaluation:
 
 def make_record(s: RunSetup, fitted: Fitted, ev: Evaluation) -> dict[str, Any]:
     """The run record (``overlays`` and ``checkpoint`` are filled in by :func:`write_outputs`)."""
+    from .intervals import uncertainty_fields
+
     return {
         "status": "ok",
         "metrics": ev.metrics,
@@ -328,6 +330,9 @@ def make_record(s: RunSetup, fitted: Fitted, ev: Evaluation) -> dict[str, Any]:
         },
         "overlays": [],
         "curves": metric_curves(ev.pred.anomaly_maps, ev.masks) if s.has_masks else {},  # pixel ROC and PRO
+        # 95 % bootstrap intervals of the four metrics, and the per-image pixel histograms paired comparisons need
+        **uncertainty_fields(ev.pred.image_scores, ev.labels, ev.pred.anomaly_maps if s.has_masks else None,
+                             ev.masks if s.has_masks else None),
         "train_log": record_log(s.method),  # the method's training curve, at most 300 points per stage
         "tensorboard": None,
         "n_train": len(s.dm.train_samples),
