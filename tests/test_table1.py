@@ -79,9 +79,10 @@ def test_table_mean_std_over_seeds_reference_rows_and_defects(tmp_path):
     assert mis.category == "transistor" and mis.auroc == 40.0
     md = to_markdown(table, "cpu", "make table1", defects)
     assert "Categories run: bottle, transistor (2/15). Not run: carpet," in md
-    assert "| bottle | LoRA-MAE | 92.0 ± 2.0 | – | – | 90.0 ± 0.0 | 60.0 ± 0.0 | 3 (0,1,2) |" in md
+    # no per-image scores in these records: no interval ('[–]'), no verdict
+    assert "| bottle | LoRA-MAE | 92.0 ± 2.0 [–] | – | – | 90.0 ± 0.0 [–] | 60.0 ± 0.0 [–] | – / – / – | 3 (0,1,2) |" in md
     block = md[md.index("## Categories run"):md.index("## Per-defect")]
-    assert block.index("| bottle | LoRA-MAE") < block.index("| bottle | *pixel Gaussian (ref.)* | 98.7 |")
+    assert block.index("| bottle | LoRA-MAE") < block.index("| bottle | *pixel Gaussian (ref.)* | 98.7 [–] |")
     assert "| *pixel Gaussian (ref.)* | 100.0 | – |" in md  # per-defect row, contamination not recorded
     assert "| method | bent_lead" not in md and "| method | misplaced |" in md
 

@@ -9,6 +9,7 @@ adbench.table1`` (``make table1``) runs the sweeps and writes the files (see ``_
 
 from __future__ import annotations
 
+import lzma
 import math
 from io import StringIO
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.mvtec import OBJECTS, TEXTURES
-from ..results import load_runs, variant_of  # noqa: F401  (variant_of: re-exported for callers)
+from ..intervals import LEVEL, TOO_WIDE, pairing_key, paired, percentile_interval, record_resamples
+from ..results import load_runs, read_record, variant_of, warn  # noqa: F401  (variant_of: re-exported for callers)
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "published" / "table1.csv"
 ORDER = list(TEXTURES) + list(OBJECTS)  # the papers' row order
@@ -95,13 +97,50 @@ def _pct(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(100 * float(v), 1)
 
 
-def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+_RESAMPLES: dict[tuple[str, float], tuple[tuple, dict]] = {}
+
+
+def record_values(path: str) -> tuple[tuple, dict]:
+    """(pairing key, {metric: values on the bootstrap resamples}) of the record at ``path``, cached per file
+    version; pixel metrics only where the record holds ``pixel_histograms``."""
+    p = Path(path)
+    try:
+        stamp = (str(p.resolve()), p.stat().st_mtime)
+    except OSError:
+        return (), {}
+    if stamp not in _RESAMPLES:
+        rec = read_record(p, validate=False)[0] or {}
+        try:
+            vals = record_resamples(rec)
+        except (ValueError, KeyError, TypeError, OSError, EOFError, lzma.LZMAError) as err:
+            warn(f"{p}: its pixel_histograms cannot be read ({err}); pixel intervals left out")
+            vals = record_resamples({k: v for k, v in rec.items() if k != "pixel_histograms"})
+        _RESAMPLES[stamp] = (pairing_key(rec), vals)
+    return _RESAMPLES[stamp]
+
+
+def seed_mean_values(paths: list[str]) -> tuple[tuple | None, dict]:
+    """The resample values of the mean over several seeds' records (the same test images, so the same
+    resamples): per metric that every record has; (None, {}) when the records were scored on different test
+    sets."""
+    got = [record_values(p) for p in paths]
+    keys = {k for k, _ in got}
+    if len(keys) != 1 or not all(v for _, v in got):
+        return None, {}
+    names = [m for m in METRICS + ("image_f1_max",) if all(m in v for _, v in got)]
+    return keys.pop(), {m: sum(v[m] for _, v in got) / len(got) for m in names}
+
+
+def aggregate(runs: pd.DataFrame, intervals: bool = True) -> pd.DataFrame:
     """Per (method, variant, dataset, category): mean and std (over seeds, sample std; NaN for one seed) of the
-    metrics in percent, the seeds, and the mean fit / predict seconds and peak memory."""
+    metrics in percent, the seeds, and the mean fit / predict seconds and peak memory. With ``intervals`` (and a
+    ``path`` column): ``<metric>_lo`` / ``_hi``, the 95 % test-set interval of that mean (bootstrap over the test
+    images, the seeds averaged on each resample; None where the records cannot give one), and for every
+    non-reference row the paired comparison with the better reference at its input (:func:`add_verdicts`)."""
     cols = ["method", "variant", "dataset", "category"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    rows = []
+    rows, values = [], {}
     for key, g in runs.groupby(cols, sort=False, dropna=False):
         row = dict(zip(cols, key))
         for m in METRICS:
@@ -113,8 +152,69 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = ",".join(str(s) for s in sorted(g.seed.dropna().astype(int).unique()))
         for k in ("fit_s", "predict_s", "peak_rss_mb"):
             row[k] = float(g[k].astype(float).mean()) if k in g and g[k].notna().any() else None
+        if intervals and "path" in g:
+            pair, vals = seed_mean_values(list(g.path))
+            values[key] = (pair, vals)
+            for m in METRICS:
+                ci = percentile_interval(vals[m], LEVEL) if m in vals and row[m] is not None else None
+                row[f"{m}_lo"], row[f"{m}_hi"] = (None, None) if ci is None else (_pct(ci[0]), _pct(ci[1]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return add_verdicts(out, values) if intervals and values else out
+
+
+def add_verdicts(agg: pd.DataFrame, values: dict) -> pd.DataFrame:
+    """Per non-reference row and metric: ``<metric>_vs_ref`` ('better' / 'indistinguishable' / 'worse': the
+    95 % interval of the paired difference to the better reference at the row's input lies above 0 / holds 0 /
+    lies below 0; None without the data for it), ``<metric>_ref`` (that reference's label) and
+    ``<metric>_diff_lo`` / ``_diff_hi`` (percent). The better reference is the one with the higher point value
+    among those run at the row's input (at any input when none ran at it)."""
+    agg = agg.copy()
+    for m in METRICS:
+        for c in ("vs_ref", "ref", "diff_lo", "diff_hi"):
+            agg[f"{m}_{c}"] = None
+    cols = ["method", "variant", "dataset", "category"]
+    for i, r in agg.iterrows():
+        if r.method in REFERENCE:
+            continue
+        refs = agg[agg.method.isin(REFERENCE) & (agg.dataset == r.dataset) & (agg.category == r.category)]
+        same = refs[refs.input == r.input] if "input" in refs else refs
+        refs = same if len(same) else refs
+        mine = values.get(tuple(r[c] for c in cols))
+        for m in METRICS:
+            cand = refs[refs[m].notna()] if m in refs else refs.iloc[0:0]
+            if mine is None or cand.empty or _nan(r[m]):
+                continue
+            best = cand.loc[cand[m].astype(float).idxmax()]
+            theirs = values.get(tuple(best[c] for c in cols))
+            if theirs is None or theirs[0] != mine[0] or m not in theirs[1] or m not in mine[1]:
+                continue
+            d = paired(mine[1][m], theirs[1][m], LEVEL)
+            if d is None:
+                continue
+            agg.at[i, f"{m}_vs_ref"] = d["verdict"]
+            agg.at[i, f"{m}_ref"] = label(best.method, best.variant)
+            agg.at[i, f"{m}_diff_lo"], agg.at[i, f"{m}_diff_hi"] = _pct(d["low"]), _pct(d["high"])
+    return agg
+
+
+def too_wide(agg: pd.DataFrame, width: float = TOO_WIDE,
+             keys: tuple[str, ...] = ("dataset", "category")) -> dict[tuple, list[str]]:
+    """Per ``keys`` group (default (dataset, category)): the metrics whose median 95 % test-set interval over
+    the group's rows is wider than ``width`` (fraction; 0.10 = 10 points): too few test images there to rank
+    methods by that metric."""
+    out: dict[tuple, list[str]] = {}
+    if agg.empty:
+        return out
+    for key, g in agg.groupby(list(keys), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for m in METRICS:
+            if f"{m}_lo" not in g:
+                continue
+            w = (pd.to_numeric(g[f"{m}_hi"], errors="coerce") - pd.to_numeric(g[f"{m}_lo"], errors="coerce")).dropna()
+            if len(w) and float(w.median()) > 100 * width:
+                out.setdefault(key, []).append(m)
+    return out
 
 
 def build(results: Path, preset: str, methods: list[str]) -> pd.DataFrame:
@@ -142,7 +242,9 @@ def build(results: Path, preset: str, methods: list[str]) -> pd.DataFrame:
                                  "diff": round(ours - published, 1) if ours is not None and published is not None else None,
                                  "pixel_auroc": r.get("pixel_auroc"), "pixel_auroc_std": r.get("pixel_auroc_std"),
                                  "aupro": r.get("aupro"), "aupro_std": r.get("aupro_std"),
-                                 "n_runs": int(r.get("n_runs", 0)), "seeds": r.get("seeds", "")})
+                                 "n_runs": int(r.get("n_runs", 0)), "seeds": r.get("seeds", ""),
+                                 **{f"{m}_{c}": _none(r.get(f"{m}_{c}")) for m in METRICS
+                                    for c in ("lo", "hi", "vs_ref", "ref", "diff_lo", "diff_hi")}})
             done = [r for r in cat_rows if r["image_auroc"] is not None]
             p = pub_img[(pub_img.method == method) & (pub_img.variant == variant) & (pub_img.category == "mean")]
             pmean = float(p.value.iloc[0]) if len(p) else None
@@ -188,12 +290,35 @@ def per_defect(results: Path, preset: str | None, methods: list[str], dataset: s
         .reset_index(drop=True)
 
 
+def _none(v):
+    """NaN (pandas' missing value) as None."""
+    return None if _nan(v) else v
+
+
 def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def _fmt(v) -> str:
     return "–" if _nan(v) else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def fmt_ci(mean, std=None, lo=None, hi=None) -> str:
+    """'98.2 [97.4, 98.9]' or, with seeds, '98.2 ± 0.4 [97.4, 98.9]' (± the spread over seeds, [ ] the 95 %
+    test-set interval); '[–]' where the records give no interval; '–' without a value."""
+    if _nan(mean):
+        return "–"
+    ci = "[–]" if _nan(lo) or _nan(hi) else f"[{lo:.1f}, {hi:.1f}]"
+    return f"{fmt_pm(mean, std)} {ci}"
+
+
+VERDICT_MARK = {"better": "better", "indistinguishable": "≈", "worse": "worse"}
+
+
+def fmt_verdicts(row) -> str:
+    """'better / ≈ / worse' for image AUROC / pixel AUROC / AUPRO against the better reference; '–' where there
+    is no paired interval."""
+    return " / ".join(VERDICT_MARK.get(_none(getattr(row, f"{m}_vs_ref", None)), "–") for m in METRICS)
 
 
 def fmt_pm(mean, std, n: int | None = None) -> str:
@@ -212,20 +337,33 @@ def categories_run(table: pd.DataFrame) -> list[str]:
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
-    """One block per category run: every variant, then the reference rows; mean ± std where seeds > 1."""
-    head = "| category | method | image AUROC | paper | Δ | pixel AUROC | AUPRO | seeds |"
-    out = [head, "|---|---|---:|---:|---:|---:|---:|---|"]
+    """One block per category run: every variant, then the reference rows; mean ± std where seeds > 1, the 95 %
+    test-set interval in brackets, the verdict against the better reference; categories whose intervals are too
+    wide to rank by a metric are marked † and named below the table."""
+    head = "| category | method | image AUROC | paper | Δ | pixel AUROC | AUPRO | vs ref. (image / pixel / AUPRO) | seeds |"
+    out = [head, "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    cats = table[table.category != "mean"]
+    wide = too_wide(cats, keys=("category",)) if "image_auroc_lo" in cats else {}
     for cat in categories_run(table):
         sub = table[table.category == cat]
+        shown = f"{cat} †" if (cat,) in wide else cat
         for role in ("method", "reference"):
             for r in sub[sub.role == role].itertuples(index=False):
                 if _nan(r.image_auroc):
                     continue
                 d = "–" if _nan(r.diff) else f"{r.diff:+.1f}"
                 name = f"*{r.label}*" if role == "reference" else r.label
-                out.append(f"| {cat} | {name} | {fmt_pm(r.image_auroc, r.image_auroc_std)} | "
-                           f"{_fmt(r.published_image_auroc)} | {d} | {fmt_pm(r.pixel_auroc, r.pixel_auroc_std)} | "
-                           f"{fmt_pm(r.aupro, r.aupro_std)} | {r.n_runs} ({r.seeds}) |")
+                ci = {m: (getattr(r, f"{m}_lo", None), getattr(r, f"{m}_hi", None)) for m in METRICS}
+                verdicts = "" if role == "reference" else fmt_verdicts(r)
+                out.append(f"| {shown} | {name} | {fmt_ci(r.image_auroc, r.image_auroc_std, *ci['image_auroc'])} | "
+                           f"{_fmt(r.published_image_auroc)} | {d} | "
+                           f"{fmt_ci(r.pixel_auroc, r.pixel_auroc_std, *ci['pixel_auroc'])} | "
+                           f"{fmt_ci(r.aupro, r.aupro_std, *ci['aupro'])} | {verdicts} | {r.n_runs} ({r.seeds}) |")
+    if wide:
+        names = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
+        out += ["", "† Too few test images to rank methods by " + "; ".join(
+            f"{c}: {', '.join(names[m] for m in ms)}" for (c,), ms in wide.items()) +
+            f" (the median 95 % test-set interval there is wider than {100 * TOO_WIDE:g} points)."]
     return "\n".join(out)
 
 
@@ -277,6 +415,13 @@ def to_markdown(table: pd.DataFrame, preset: str, command: str, defects: pd.Data
            "record of each variant, category and seed counts. *Reference* rows (no model) are the floor a method "
            "has to clear; they run at the dataset's default input (resize 256, crop 224) and at every other input a "
            "method's preset uses (e.g. 72→64 px): compare a method with the reference row of its own input.", "",
+           "Brackets: the 95 % test-set interval (stratified bootstrap over the test images, "
+           "1000 resamples, seed 0; with several seeds, of their mean): how much the number could move on another "
+           "draw of test images of the same kind. ± is the spread over training seeds. '[–]': the records hold no "
+           "data for an interval (pixel metrics of records written before the per-image histograms). *vs ref.*: "
+           "image AUROC / pixel AUROC / AUPRO against the better reference at the method's input, on the same "
+           "resamples: *better* (the interval of the difference lies above 0), ≈ (indistinguishable: it holds 0), "
+           "*worse* (below 0), '–' (no paired interval).", "",
            f"Categories run: {', '.join(run) or 'none'} ({len(run)}/{len(ORDER)}). "
            f"Not run: {', '.join(missing) or 'none'}.", "",
            "## Categories run", "", summary_markdown(table), ""]
