@@ -20,7 +20,9 @@ import pandas as pd
 from . import viz
 from .data.errors import ConfigError
 from .results import load_runs, read_record
-from .table1 import ORDER, REFERENCE, TABLE_METHODS, aggregate, fmt_pm, label, load_published, select, variants_of
+from .intervals import TOO_WIDE
+from .table1 import (ORDER, REFERENCE, TABLE_METHODS, aggregate, fmt_pm, label, load_published, select, too_wide,
+                     variants_of)
 
 METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO (FPR ≤ 0.3)"}
 
@@ -38,6 +40,7 @@ th{background:#f3f3f3;font-weight:600}td.name,th.name{text-align:left;white-spac
 tr.ref td.name{font-style:italic;color:#444}tr.ref:first-of-type td,tr.firstref td{border-top:2px solid #888}
 td .v{font-size:1.05em;font-weight:600}td .s{display:block;color:#555;font-size:.82em;white-space:nowrap}
 td .below{color:#b00020;font-weight:600}td.na{color:#aaa;background:#fafafa}
+td .better{color:#1b6e1b;font-weight:600}td .same{color:#555}
 img.fig{max-width:100%;height:auto;display:block;margin:.4em 0}
 .scroll{overflow-x:auto;max-width:100%}
 .gallery{display:flex;flex-wrap:wrap;gap:6px 10px;max-width:1010px;margin-bottom:4px}
@@ -82,9 +85,26 @@ def _published() -> dict[tuple[str, str, str, str], float]:
     return {(r.method, r.variant, r.metric, r.category): float(r.value) for r in pub.itertuples(index=False)}
 
 
-def _grid(agg: pd.DataFrame, rows: list, cols: list, metric: str, pub: dict, show_ds: bool) -> str:
-    """One method x category grid of ``metric``: ours (± std, n), the published figure and the difference."""
-    head = "".join(f"<th>{html.escape(c if not show_ds else f'{d}/{c}')}</th>" for d, c in cols)
+_VERDICT_HTML = {"better": ("better", "better than ref."), "indistinguishable": ("same", "≈ reference"),
+                 "worse": ("below", "worse than ref.")}
+
+
+def _get(agg: pd.DataFrame, key: tuple, col: str):
+    """agg.loc[key, col], None when the column or the value is missing."""
+    if col not in agg.columns or key not in agg.index:
+        return None
+    v = agg.loc[key, col]
+    return None if v is None or (isinstance(v, float) and pd.isna(v)) else v
+
+
+def _grid(agg: pd.DataFrame, rows: list, cols: list, metric: str, pub: dict, show_ds: bool,
+          wide: dict | None = None) -> str:
+    """One method x category grid of ``metric``: ours (± std, n), its 95 % test-set interval, the published
+    figure and the difference, and the verdict against the better reference (a category too small to rank by
+    ``metric`` is marked †)."""
+    wide = wide or {}
+    head = "".join(f"<th>{html.escape(c if not show_ds else f'{d}/{c}')}"
+                   f"{' †' if metric in wide.get((d, c), []) else ''}</th>" for d, c in cols)
     out = [f"<figure><figcaption>{METRIC_NAMES[metric]} (%)</figcaption><div class='scroll'><table>"
            f"<tr><th class='name'>method</th>{head}</tr>"]
     def ref_best(d: str, c: str, inp: str | None) -> float | None:
@@ -111,16 +131,62 @@ def _grid(agg: pd.DataFrame, rows: list, cols: list, metric: str, pub: dict, sho
             txt = f"<span class='v'>{val:.1f}</span>"
             if std is not None and not pd.isna(std):
                 txt += f" <span class='s'>± {std:.1f} (n={n})</span>"
+            lo, hi = _get(agg, key, f"{metric}_lo"), _get(agg, key, f"{metric}_hi")
+            txt += f"<span class='s'>95 % [{lo:.1f}, {hi:.1f}]</span>" if lo is not None and hi is not None \
+                else "<span class='s'>95 % [–]</span>"
             p = pub.get((m, v, metric, c)) if d == "mvtec" else None
             if p is not None:
                 txt += f"<span class='s'>paper {p:.1f} (Δ {val - p:+.1f})</span>"
+            vs = None if is_ref else _get(agg, key, f"{metric}_vs_ref")
             ref = None if is_ref else ref_best(d, c, agg.loc[key, "input"] if "input" in agg.columns else None)
-            if not is_ref and ref is not None and val <= ref:
-                txt += "<span class='s below'>≤ reference</span>"
+            if vs is not None:
+                cls_v, word = _VERDICT_HTML[vs]
+                dlo, dhi = _get(agg, key, f"{metric}_diff_lo"), _get(agg, key, f"{metric}_diff_hi")
+                tip = html.escape(f"difference to {_get(agg, key, f'{metric}_ref')}: 95 % [{dlo:+.1f}, {dhi:+.1f}]")
+                txt += f"<span class='s {cls_v}' title='{tip}'>{word} [{dlo:+.1f}, {dhi:+.1f}]</span>"
+            elif not is_ref and ref is not None and val <= ref:
+                txt += "<span class='s below'>≤ reference (no interval)</span>"
             cells.append(f"<td style='{_colour(val)}'>{txt}</td>")
         out.append(f"<tr{cls}><td class='name'>{html.escape(label(m, v))}</td>{''.join(cells)}</tr>")
     out.append("</table></div></figure>")
     return "".join(out)
+
+
+def _errorbar_figure(agg: pd.DataFrame, rows: list, d: str, c: str, styles: dict, title: str):
+    """One category: per metric, every variant's value with its 95 % test-set interval as an error bar (hollow
+    marker: no interval in the records), reference rows in grey; None when the category has no value."""
+    import matplotlib.pyplot as plt
+
+    here = [(m, v) for m, v in rows if (m, v, d, c) in agg.index]
+    metrics = [k for k in ("image_auroc", "pixel_auroc", "aupro")
+               if k in agg.columns and any(_get(agg, (m, v, d, c), k) is not None for m, v in here)]
+    if not here or not metrics:
+        return None
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "adbench", "font.size": 11,
+                         "axes.spines.top": False, "axes.spines.right": False}):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 2.2, 0.32 * len(here) + 1.2),
+                                 sharey=True, squeeze=False)
+        y = list(range(len(here)))[::-1]
+        for ax, k in zip(axes[0], metrics):
+            for yi, (m, v) in zip(y, here):
+                key = (m, v, d, c)
+                val = _get(agg, key, k)
+                if val is None:
+                    continue
+                lo, hi = _get(agg, key, f"{k}_lo"), _get(agg, key, f"{k}_hi")
+                colour = styles[(m, v)]["color"]
+                if lo is not None and hi is not None:
+                    ax.errorbar([val], [yi], xerr=[[max(val - lo, 0.0)], [max(hi - val, 0.0)]], fmt="o", ms=5,
+                                color=colour, ecolor=colour, elinewidth=1.6, capsize=3)
+                else:
+                    ax.plot([val], [yi], "o", ms=5, mfc="white", mec=colour)
+            ax.set_title(f"{METRIC_NAMES[k].split(' (')[0]} (%)")
+            ax.grid(axis="x", alpha=0.3)
+        axes[0][0].set_yticks(y)
+        axes[0][0].set_yticklabels([label(m, v) for m, v in here])
+        fig.suptitle(f"{title}: 95 % test-set intervals (hollow: none in the records)", fontsize=11)
+        fig.tight_layout()
+    return fig
 
 
 def _record(path: str) -> dict[str, Any]:
@@ -262,10 +328,20 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
                      f"{html.escape(', '.join(not_run) or 'none')}.</p>")
 
     pub = _published()
-    parts.append("<h2>Overview</h2><p class='note'>Each cell: ours (percent), the published figure and the "
-                 "difference where the paper gives one. <i>Reference</i> rows are baselines without a model (raw "
-                 "pixel statistics, at the default 256 → 224 input and at every other input a method here uses); <span style='color:#b00020'>≤ reference</span> marks a "
-                 "method that does not beat the better of them at the method's own input. Colour: red ≤ 50, yellow 75, green 100.</p><div class='grids'>")
+    wide = too_wide(agg.reset_index())
+    parts.append("<h2>Overview</h2><p class='note'>Each cell: ours (percent; ± the spread over training seeds "
+                 "where there are several), its 95 % test-set interval (stratified bootstrap over the test images, "
+                 "1000 resamples; '[–]': the records hold no data for one, e.g. pixel metrics of records written "
+                 "before the per-image histograms), the published figure and the difference where the paper gives "
+                 "one. <i>Reference</i> rows are baselines without a model (raw pixel statistics, at the default "
+                 "256 → 224 input and at every other input a method here uses). Against the better of them at the "
+                 "method's own input, on the same resamples: <span style='color:#1b6e1b'>better than ref.</span> "
+                 "(the 95 % interval of the difference, shown in brackets, lies above 0), ≈ reference (it holds 0: "
+                 "indistinguishable on this test set), <span style='color:#b00020'>worse than ref.</span> (below 0); "
+                 "<span style='color:#b00020'>≤ reference (no interval)</span> compares point values where no paired "
+                 f"interval exists. † marks a category whose median interval is wider than {100 * TOO_WIDE:g} points: "
+                 "too few test images to rank methods by that metric. Colour: red ≤ 50, yellow 75, green 100.</p>"
+                 "<div class='grids'>")
     best = []
     for d, c in cols:
         picks = []
@@ -280,9 +356,14 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
             best.append(f"<b>{html.escape(c if not show_ds else f'{d}/{c}')}</b>: {html.escape('; '.join(picks))}")
     if best:
         parts.append("<p class='note'>Best per category: " + ". ".join(best) + ".</p>")
-    parts += [_grid(agg, rows, cols, m, pub, show_ds) for m in ("image_auroc", "pixel_auroc", "aupro")
+    parts += [_grid(agg, rows, cols, m, pub, show_ds, wide) for m in ("image_auroc", "pixel_auroc", "aupro")
               if m in agg and agg[m].notna().any()]
     parts.append("</div>")
+    if wide:
+        parts.append("<p class='note'>† Too few test images to rank methods by: " + html.escape("; ".join(
+            f"{c if not show_ds else f'{d}/{c}'}: {', '.join(METRIC_NAMES[m].split(' (')[0] for m in ms)}"
+            for (d, c), ms in wide.items())) + f" (median 95 % test-set interval wider than {100 * TOO_WIDE:g} "
+            "points).</p>")
 
     # cost beside quality
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -338,6 +419,10 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, preset:
                           "image": (per["score"], per["label"]) if per.get("score") else None,
                           "pixel_roc": curves.get("pixel_roc"), "pro": curves.get("pro")})
         parts.append(f"<h2>{html.escape(title)}</h2>")
+        bars = _errorbar_figure(agg, rows, d, c, styles, title)
+        if bars is not None:
+            parts.append(f"<img class='fig' alt='{html.escape(title)}: metrics with 95 % test-set intervals' "
+                         f"src='{viz.svg_uri(bars)}'>")
         if lines:
             parts.append(f"<img class='fig' alt='ROC and PRO curves {html.escape(title)}' "
                          f"src='{viz.svg_uri(viz.curves_figure(lines, f'{title}: ROC and PRO curves'))}'>")
