@@ -4,10 +4,13 @@
 seed); after ``fit`` the method scores them, and the threshold is the ``calibration.quantile`` of those
 normal scores. Test labels are never used. The result is stored in the checkpoint as ``calibration.json``.
 
-A model saved without a holdout (``calibration.holdout=0``, the benchmark datasets' default) is calibrated on the
-scores of its own training images after ``fit`` (``source="train"``): an in-sample threshold, optimistic (a method
-scores the images it was fitted on lower than new normal images, so new normal images exceed it more often than
-``1 - quantile``). It gives decisions and a fixed overlay scale without changing what the model was fitted on.
+A model saved without a holdout (``calibration.holdout=0``, the benchmark datasets' default) is fitted on every
+training image, as the paper protocols ask, and still gets a threshold (:func:`proxy_calibration`,
+``source="proxy"``): a second model of the same config is fitted on 90 % of the training images and scores the
+other 10 %, normal images it has not seen; their quantile is the threshold. Scoring the saved model's own training
+images instead (``source="train"``, in-sample, kept only for a single training image) is far too optimistic:
+on MVTec AD bottle (PatchCore, ``preset=cpu``) it put the threshold at 2.96, below every good test image (test
+FPR 1.000), where this calibration gives 11.1 (FPR 0.000, TPR 0.984).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Subset
@@ -29,7 +32,7 @@ from .tiling import group_by_size
 CALIBRATION_FILE = "calibration.json"
 
 
-SOURCES = ("holdout", "train")  # held-out normal training images; the fitting images themselves (in-sample)
+SOURCES = ("holdout", "proxy", "train")  # held out from the model; held out from a second fit; in-sample
 _FIX = "retrain with save_model=true, or delete it and pass threshold=X to adbench.predict"
 
 
@@ -44,7 +47,7 @@ class Calibration:
     scores: list[float]  # image scores of the held-out normal images
     map_low: float  # median anomaly-map value on held-out normal images (overlay: cold)
     map_high: float  # highest anomaly-map value on held-out normal images (overlay: fully hot above it)
-    source: str = "holdout"  # "train": scores of the images the model was fitted on (in-sample, optimistic)
+    source: str = "holdout"  # "proxy": held out from a second fit; "train": the fitting images (in-sample)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +61,9 @@ class Calibration:
         if self.in_sample:
             return (f"quantile {self.quantile} of the {self.n_images} training images' own scores: in-sample, "
                     f"optimistic; calibration.holdout=0.1 gives a held-out threshold")
+        if self.source == "proxy":
+            return (f"quantile {self.quantile} of {self.n_images} normal training images held out from a second fit "
+                    f"on the others; the saved model was fitted on all of them")
         return f"quantile {self.quantile} of {self.n_images} held-out normal images"
 
     @classmethod
@@ -184,6 +190,30 @@ def calibrate(method: Any, loader: DataLoader, quantile: float, holdout: float, 
     return Calibration(threshold=float(np.quantile(scores, quantile)), quantile=float(quantile),
                        holdout=float(holdout), n_images=int(len(scores)), scores=[float(s) for s in scores],
                        map_low=low, map_high=high if high > low else low + 1e-12, source=source)
+
+
+def proxy_calibration(build: Callable[[], Any], dm: Any, quantile: float, seed: int, name: str = "",
+                      fraction: float = 0.1) -> Calibration:
+    """The threshold of a model fitted on all of ``dm.train_samples`` (no holdout), from a stand-in: ``build()``
+    makes a fresh, unfitted method of the same config, fitted here on the training images less a seeded
+    ``fraction`` (as :func:`split_holdout` draws it), which it then scores (``source="proxy"``). The threshold is
+    calibrated on normal images the scoring model has not seen, as with ``calibration.holdout``; the saved model
+    saw 10 % more images, so it scores new normal images, if anything, a little lower (fewer false alarms, not
+    more). It costs a second fit. With a single training image there is nothing to hold out: its own score is used
+    (``source="train"``, in-sample)."""
+    full = list(dm.train_samples)
+    if len(full) < 2:
+        raise ValueError("proxy_calibration needs at least two training images")
+    fit_samples, held = split_holdout(full, fraction, seed)
+    proxy = build()
+    dm.train_samples = fit_samples
+    try:
+        loader = dm.train_dataloader()
+    finally:
+        dm.train_samples = full
+    proxy.fit(loader)
+    held_loader = calibration_loader(held, dm.image_size, dm.crop_size, dm.batch_size)
+    return calibrate(proxy, held_loader, quantile, fraction, name, source="proxy")
 
 
 def threshold_rates(threshold: float, scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:

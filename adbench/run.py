@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .api import Prediction, RunContext
 from .cache import data_id, entries_used
-from .calibration import Calibration, calibrate, calibration_loader, check_options, check_scores, split_holdout, threshold_rates
+from .calibration import (Calibration, calibrate, calibration_loader, check_options, check_scores, proxy_calibration,
+                          split_holdout, threshold_rates)
 from .checkpoint import verify_checkpoint, write_checkpoint
 from .data.errors import ConfigError, DataError
 from .data.mvtec import MVTecDataModule
@@ -269,6 +270,29 @@ def fit_and_calibrate(s: RunSetup) -> Fitted:
     return Fitted(calibration=calibration, fit_s=fit_s, calibrate_s=time.perf_counter() - t0 - fit_s)
 
 
+def calibrate_saved_model(s: RunSetup) -> Calibration:
+    """The calibration of a model fitted without a holdout: a second model of the same config fitted on 90 % of
+    the training images scores the other 10 % (its training files go to a temporary folder, no feature cache);
+    with one training image, its own score (in-sample)."""
+    import dataclasses
+    import tempfile
+
+    dm, cfg = s.dm, s.cfg
+    quantile = float((cfg.get("calibration") or {}).get("quantile", 0.99))
+    if len(dm.train_samples) < 2:
+        loader = calibration_loader(dm.train_samples, dm.image_size, dm.crop_size, dm.batch_size)
+        return calibrate(s.method, loader, quantile, 0.0, s.method_name, source="train")
+    tiling = Tiling.from_cfg(cfg.dataset.get("tiling"))
+    with tempfile.TemporaryDirectory(prefix="adbench-proxy-") as tmp:
+        def build() -> Any:
+            ctx = dataclasses.replace(s.ctx, work_dir=Path(tmp), feature_cache=None)
+            method = get_method(s.method_name)(cfg.method, ctx)
+            return TiledMethod(method, tiling, batch_size=int(cfg.dataset.batch_size)) if tiling else method
+
+        seed_everything(int(cfg.seed))
+        return proxy_calibration(build, dm, quantile, int(cfg.seed), s.method_name)
+
+
 def predict_and_evaluate(s: RunSetup, fitted: Fitted) -> Evaluation:
     """Score the test images and compute the metrics (and those of any extra score maps the method offers)."""
     dm, name = s.dm, s.method_name
@@ -291,12 +315,10 @@ def predict_and_evaluate(s: RunSetup, fitted: Fitted) -> Evaluation:
         extra_metrics[key] = clean_metrics(compute_metrics(extra.image_scores, extra.anomaly_maps, labels, gt_masks,
                                                            defect_types))[0]
     if fitted.calibration is None and s.cfg.get("save_model", False):
-        # a saved model gets a threshold even without a holdout: the training images' own scores (in-sample,
-        # optimistic), computed after the test metrics so that nothing above can depend on it
+        # a saved model gets a threshold even without a holdout, from a second fit (calibration.proxy_calibration),
+        # after the test metrics so that nothing above can depend on it
         t4 = time.perf_counter()
-        cal = s.cfg.get("calibration") or {}
-        loader = calibration_loader(dm.train_samples, dm.image_size, dm.crop_size, dm.batch_size)
-        fitted.calibration = calibrate(s.method, loader, float(cal.get("quantile", 0.99)), 0.0, name, source="train")
+        fitted.calibration = calibrate_saved_model(s)
         fitted.calibrate_s += time.perf_counter() - t4
     calibration_record = None
     if fitted.calibration is not None:
